@@ -1,0 +1,14 @@
+"""odc_mini: Online Deep Clustering (Zhan et al., CVPR 2020) and its alternating baseline,
+DeepCluster (Caron et al., ECCV 2018), small enough to read and to run from a notebook.
+
+    import odc_mini
+    run = odc_mini.train(odc_mini.Config(method="odc", profile="quick"))
+"""
+__version__ = "0.1.0"
+
+from .config import Config  # noqa: E402
+from .kmeans import kmeans, pca_whiten  # noqa: E402
+from .memory import ODCMemory  # noqa: E402
+from .train import Run, load_run, train  # noqa: E402
+
+__all__ = ["Config", "ODCMemory", "Run", "kmeans", "load_run", "pca_whiten", "train", "__version__"]

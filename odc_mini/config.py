@@ -1,0 +1,161 @@
+"""One training run's settings, as plain values, with two budgets ("profiles").
+
+* ``quick``: the CPU budget of a laptop and of CI — a stratified 10,000-image subset of CIFAR-10,
+  the small CNN, a few minutes per method.
+* ``full``: one GPU — all 50,000 images, ResNet-18.
+
+A field left at ``None`` takes its profile's value; any field can be overridden::
+
+    cfg = Config(method="odc", profile="quick", epochs=3)
+
+``validate()`` checks every setting that can be checked without data and raises one ``ValueError``
+line naming the bad value and what is accepted; ``check_against_data`` does the rest once the
+image count is known. Both run before any heavy work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+METHODS = ("odc", "deepcluster")
+ARCHS = ("small_cnn", "resnet18")
+DATASETS = ("cifar10", "synthetic")
+PROFILES = ("quick", "full")
+SAMPLERS = ("replacement", "permutation")
+PROFILE_ENV = "ODC_PROFILE"
+
+# Values per profile for the fields that default to None. The ODC reference values (ImageNet)
+# are scaled to CIFAR-10 as in spec §13: K = 100, min_cluster ~ 0.15 N/K, lr linear in batch.
+PROFILE_DEFAULTS = {
+    "quick": dict(arch="small_cnn", dataset="cifar10", subset=10_000, epochs=10, batch_size=256,
+                  lr=0.03, num_clusters=100, min_cluster=15, snapshot_size=2000, eval_batch_size=1000),
+    "full": dict(arch="resnet18", dataset="cifar10", subset=None, epochs=100, batch_size=512,
+                 lr=0.06, num_clusters=100, min_cluster=75, snapshot_size=2000, eval_batch_size=1024),
+}
+
+
+def default_profile() -> str:
+    """The profile named by $ODC_PROFILE, else "quick"."""
+    return os.environ.get(PROFILE_ENV, "quick")
+
+
+@dataclass
+class Config:
+    method: str = "odc"
+    profile: str = field(default_factory=default_profile)
+    # data
+    dataset: str | None = None
+    data_root: str | None = None
+    download: bool = False
+    subset: int | None = None       # number of training images (stratified); None: profile's
+    # network and optimisation
+    arch: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-5
+    feat_dim: int = 256
+    hid_dim: int = 512
+    neck_bn_momentum: float = 0.01
+    # augmentation (spec §13, CIFAR column): RandomResizedCrop(32, scale=(crop_min_scale, 1)),
+    # flip, ColorJitter(brightness, contrast, saturation, hue) with probability jitter_p, grayscale
+    crop_min_scale: float = 0.2
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 1.0
+    hue: float = 0.5
+    jitter_p: float = 1.0
+    grayscale_p: float = 0.2
+    # clustering (shared)
+    num_clusters: int | None = None
+    kmeans_iters: int = 20
+    # ODC
+    momentum: float = 0.5            # memory momentum; multiplies the *new* feature
+    min_cluster: int | None = None
+    centroid_interval: int = 1       # iterations between full centroid recomputes (10 on ImageNet)
+    deal_interval: int = 1           # iterations between small-cluster handling
+    reweight: bool = True
+    reweight_power: float = 0.5
+    cosine_centroids: bool = False
+    sampler: str = "replacement"
+    # DeepCluster
+    pca_dim: int = 128
+    # evaluation and recording
+    eval_interval: int = 1           # epochs between kNN evaluations
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    snapshot_size: int | None = None
+    snapshot_interval: int | None = None  # None: about 5 snapshots per run
+    eval_batch_size: int | None = None
+    linear_probe: bool = True
+    # machine
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.profile in PROFILE_DEFAULTS:
+            # The full profile's subset is None (all images); to use every image in the quick
+            # profile, ask for subset=50000.
+            for key, value in PROFILE_DEFAULTS[self.profile].items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        if self.snapshot_interval is None and self.epochs:
+            self.snapshot_interval = max(1, self.epochs // 5)
+
+    def validate(self) -> "Config":
+        """Raise ValueError (one line) for any setting that is out of range. Returns self."""
+        def one_of(name, value, accepted):
+            if value not in accepted:
+                raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+        one_of("profile", self.profile, PROFILES)
+        one_of("method", self.method, METHODS)
+        one_of("arch", self.arch, ARCHS)
+        one_of("dataset", self.dataset, DATASETS)
+        one_of("sampler", self.sampler, SAMPLERS)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum={self.momentum} is outside [0, 1]")
+        for name in ("epochs", "batch_size", "kmeans_iters", "centroid_interval", "deal_interval",
+                     "eval_interval", "snapshot_interval", "eval_batch_size", "feat_dim", "hid_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if self.num_clusters < 2:
+            raise ValueError(f"num_clusters={self.num_clusters} must be at least 2")
+        if self.min_cluster < 0:
+            raise ValueError(f"min_cluster={self.min_cluster} must be >= 0")
+        if self.subset is not None and self.subset < 1:
+            raise ValueError(f"subset={self.subset} must be a positive number of images or None (all)")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ValueError(f"unknown device {self.device!r}; accepted: auto, cpu, cuda, cuda:N")
+        return self
+
+    def augment_config(self):
+        from .augment import AugmentConfig
+        return AugmentConfig(crop_scale=(self.crop_min_scale, 1.0), brightness=self.brightness,
+                             contrast=self.contrast, saturation=self.saturation, hue=self.hue,
+                             jitter_p=self.jitter_p, grayscale_p=self.grayscale_p)
+
+    def check_against_data(self, num_images: int) -> None:
+        """The limits that depend on the number of training images N."""
+        if self.num_clusters > num_images:
+            raise ValueError(f"num_clusters={self.num_clusters} exceeds the {num_images} training images")
+        if self.min_cluster * self.num_clusters > num_images:
+            raise ValueError(f"min_cluster x num_clusters = {self.min_cluster} x {self.num_clusters} "
+                             f"exceeds the {num_images} training images; lower either")
+        if self.batch_size > num_images:
+            raise ValueError(f"batch_size={self.batch_size} exceeds the {num_images} training images")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {', '.join(unknown)}")
+        return cls(**values)

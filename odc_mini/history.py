@@ -1,0 +1,125 @@
+"""What a run records, saved as one small ``.npz`` file that loads without torch or pickles.
+
+Three kinds of records:
+
+* **per iteration** (``iteration(key)``): ``loss``, ``acc`` (head top-1 against the pseudo-labels),
+  ``change_ratio`` (fraction of the batch whose label changed), ``epoch`` (a float that reaches e at
+  the end of epoch e, so 2.5 is the middle of epoch 3), ``lr``;
+* **per epoch** (``epoch(key)``): one row per epoch, row 0 being the state *before training*
+  (the random-init network), e.g. ``knn_top1``, ``nmi_classes``, ``nmi_previous``, ``drift``;
+* **arrays**: the label bank per epoch (``labels(e)``), cluster sizes per epoch (``sizes(e)``),
+  and snapshots of a fixed subset of images — their neck features and labels — every few epochs
+  (``snapshot(e)``), for embeddings such as UMAP.
+
+The meta-data (config, package version, machine) is stored as JSON inside the same file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class History:
+    def __init__(self, meta: dict | None = None):
+        self.meta: dict = dict(meta or {})
+        self._iters: dict[str, list[np.ndarray]] = {}
+        self._epochs: list[dict[str, float]] = []
+        self.arrays: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ recording
+    def add_iterations(self, **columns: np.ndarray) -> None:
+        """Append equal-length 1-D arrays, one per key (a whole epoch's worth at once)."""
+        for key, values in columns.items():
+            self._iters.setdefault(key, []).append(np.asarray(values, dtype=np.float32).ravel())
+
+    def add_epoch(self, **scalars: float) -> None:
+        self._epochs.append({k: float(v) for k, v in scalars.items()})
+
+    def set_array(self, name: str, array: np.ndarray) -> None:
+        self.arrays[name] = np.asarray(array)
+
+    # ------------------------------------------------------------------ reading
+    def iteration(self, key: str) -> np.ndarray:
+        """(T,) the per-iteration column ``key``."""
+        if key not in self._iters:
+            raise KeyError(f"no per-iteration record {key!r}; recorded: {', '.join(self._iters)}")
+        return np.concatenate(self._iters[key])
+
+    @property
+    def iteration_keys(self) -> list[str]:
+        return list(self._iters)
+
+    @property
+    def num_epochs(self) -> int:
+        """Number of epochs recorded (row 0, before training, not counted)."""
+        return max(len(self._epochs) - 1, 0)
+
+    def epoch(self, key: str) -> np.ndarray:
+        """(E + 1,) the per-epoch column ``key``; NaN where an epoch did not record it."""
+        return np.array([row.get(key, np.nan) for row in self._epochs], dtype=np.float64)
+
+    @property
+    def epoch_keys(self) -> list[str]:
+        keys: dict[str, None] = {}
+        for row in self._epochs:
+            keys.update(dict.fromkeys(row))
+        return list(keys)
+
+    def last(self, key: str) -> float:
+        """The last recorded (non-NaN) value of a per-epoch column."""
+        values = self.epoch(key)
+        values = values[~np.isnan(values)]
+        return float(values[-1]) if len(values) else float("nan")
+
+    def labels(self, epoch: int) -> np.ndarray:
+        """(N,) pseudo-labels at the end of ``epoch`` (0: the initial clustering)."""
+        return self.arrays[f"labels/{epoch}"]
+
+    def sizes(self, epoch: int) -> np.ndarray:
+        """(K,) cluster sizes at the end of ``epoch``."""
+        return self.arrays[f"sizes/{epoch}"]
+
+    @property
+    def snapshot_epochs(self) -> list[int]:
+        return sorted(int(k.split("/")[-1]) for k in self.arrays if k.startswith("snapshot_features/"))
+
+    def snapshot(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features (S, D) float32, pseudo-labels (S,)) of the snapshot images at ``epoch``.
+        Their indices and true classes are ``arrays['snapshot_indices']`` / ``['snapshot_targets']``."""
+        return (self.arrays[f"snapshot_features/{epoch}"].astype(np.float32),
+                self.arrays[f"snapshot_labels/{epoch}"])
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """Write one compressed ``.npz`` (no pickles) atomically: temp file, then rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"meta": np.array(json.dumps(self.meta)),
+                   "epochs": np.array(json.dumps(self._epochs))}
+        for key in self._iters:
+            payload[f"iter/{key}"] = self.iteration(key)
+        payload.update(self.arrays)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **payload)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "History":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                history = cls(json.loads(str(data["meta"])))
+                history._epochs = json.loads(str(data["epochs"]))
+                for key in data.files:
+                    if key.startswith("iter/"):
+                        history._iters[key[5:]] = [data[key]]
+                    elif key not in ("meta", "epochs"):
+                        history.arrays[key] = data[key]
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # zip, json or key errors all mean "not a history file"
+            raise ValueError(f"{path} is not a readable odc_mini history file ({type(err).__name__}: {err})") from None
+        return history

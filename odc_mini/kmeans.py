@@ -1,0 +1,452 @@
+"""K-means and PCA whitening in plain PyTorch (CPU or GPU).
+
+DeepCluster re-clusters the whole training set every epoch, and ODC
+initialises its centroids with one k-means run, so we need a k-means that
+
+* runs on the same device as the features (no round trip to NumPy/FAISS),
+* keeps memory bounded for large problems (N = 1M points, K = 1000 clusters),
+* never returns empty clusters when it can avoid it (an empty cluster is a
+  pseudo-label no image carries, which wastes a classifier output).
+
+The implementation is the textbook Lloyd algorithm:
+
+1. assignment: every point goes to its nearest centroid (squared L2);
+2. update: every centroid moves to the mean of its points;
+
+with k-means++ seeding and FAISS-style splitting of large clusters to refill
+empty ones. ``pca_whiten`` reproduces the preprocessing DeepCluster applies
+before k-means (FAISS ``PCAMatrix`` with ``eigen_power=-0.5``).
+
+Shapes: N points, D feature dimensions, K clusters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "kmeans",
+    "nearest_centroid",
+    "inertia",
+    "l2_normalize",
+    "pca_whiten",
+    "PCAWhitening",
+]
+
+# Largest number of float32 entries in one (rows x K) distance block.
+# On a GPU, big blocks amortise kernel-launch overhead and 2**26 floats
+# (256 MiB) bounds the peak memory: with N = 1M, K = 1000 that is 67k rows
+# per block.  On a CPU the block is written by the matmul and read back by
+# the argmin, which is much faster while it stays in cache: 2**20 floats
+# (4 MiB) measured ~1.5x faster than one huge block for 50k x 1000.
+_MAX_BLOCK_ELEMS_GPU = 2**26
+_MAX_BLOCK_ELEMS_CPU = 2**20
+
+# Relative perturbation used when an empty cluster steals half of a big one.
+# FAISS (Clustering.cpp, split_clusters) uses 1/1024, "a bit above machine
+# epsilon for float16"; it must be large enough that the two copies of the
+# centroid stay distinguishable after the ||x||^2 - 2 x.c + ||c||^2
+# expansion in float32, and small enough not to move the centroid noticeably.
+_SPLIT_EPS = 1.0 / 1024.0
+
+
+# --------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------
+
+
+def _check_points(x: Tensor, name: str = "x") -> None:
+    """Raise a one-line ValueError unless ``x`` is a finite 2-D float tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _rows_per_block(k: int, device: torch.device) -> int:
+    """Rows of ``x`` to process at once so that a (rows, k) block fits the budget."""
+    budget = _MAX_BLOCK_ELEMS_CPU if device.type == "cpu" else _MAX_BLOCK_ELEMS_GPU
+    return max(1, budget // max(k, 1))
+
+
+# --------------------------------------------------------------------------
+# assignment step
+# --------------------------------------------------------------------------
+
+
+def nearest_centroid(
+    x: Tensor, centroids: Tensor, x_sq: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Index of and squared distance to the nearest centroid of every point.
+
+    Args:
+        x: (N, D) float32 points.
+        centroids: (K, D) float32 centroids, same device as ``x``.
+        x_sq: optional (N,) precomputed ``(x * x).sum(1)``; k-means reuses it
+            across iterations because ``x`` does not change.
+
+    Returns:
+        labels: (N,) int64, ``argmin_k ||x_i - c_k||^2`` (lowest index on ties).
+        sq_dists: (N,) float32, the corresponding squared distances (>= 0).
+
+    The distances use ||x||^2 - 2 x.c + ||c||^2 so that the heavy part is one
+    matrix multiplication per block of rows (BLAS / cuBLAS), instead of
+    materialising the (N, K, D) differences.  ``torch.cdist`` would compute
+    the same expansion but also takes a square root we do not need.
+    """
+    n = x.shape[0]
+    k = centroids.shape[0]
+    if x_sq is None:
+        x_sq = (x * x).sum(dim=1)
+    c_sq = (centroids * centroids).sum(dim=1)  # (K,)
+    c_t = centroids.t()  # (D, K) view; addmm handles the transpose without a copy
+
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    sq_dists = torch.empty(n, dtype=x.dtype, device=x.device)
+    rows = _rows_per_block(k, x.device)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        # ||c||^2 - 2 x.c : (rows, K).  ||x||^2 is the same for every column
+        # of a row, so it cannot change the argmin: we add it only to the
+        # minimum, saving one pass over the (rows, K) block.
+        block = torch.addmm(c_sq, x[start:stop], c_t, beta=1.0, alpha=-2.0)
+        best, idx = block.min(dim=1)
+        labels[start:stop] = idx
+        # Cancellation in the expansion can give tiny negative values for a
+        # point sitting on its centroid; a squared distance is >= 0.
+        sq_dists[start:stop] = (best + x_sq[start:stop]).clamp_min_(0.0)
+    return labels, sq_dists
+
+
+# --------------------------------------------------------------------------
+# initialisation
+# --------------------------------------------------------------------------
+
+
+def _sq_dist_to_point(x: Tensor, x_sq: Tensor, c: Tensor) -> Tensor:
+    """(N,) squared distances from every row of ``x`` (N, D) to one point ``c`` (D,)."""
+    # addmv fuses ||x||^2 - 2 x.c into one pass over x (this is memory-bound).
+    return torch.addmv(x_sq, x, c, alpha=-2.0).add_(c @ c).clamp_min_(0.0)
+
+
+def _kmeanspp_init(x: Tensor, x_sq: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """Standard k-means++ seeding (Arthur & Vassilvitskii, 2007). Returns (K, D).
+
+    The first centre is a uniformly random point; every next centre is a point
+    drawn with probability proportional to its squared distance to the
+    nearest centre chosen so far ("D^2 sampling").  Unlike scikit-learn we
+    draw one candidate per step (no "greedy" best-of-several trials): simpler,
+    and Lloyd iterations fix the small difference in quality.
+
+    Cost: K sequential matrix-vector products over ``x``, i.e. about as many
+    flops as one Lloyd iteration, but memory-bound.
+    """
+    n, d = x.shape
+    centres = torch.empty(k, d, dtype=x.dtype, device=x.device)
+    first = torch.randint(n, (1,), generator=gen, device=x.device)  # (1,)
+    centres[0:1] = x.index_select(0, first)
+    closest = _sq_dist_to_point(x, x_sq, centres[0])  # (N,)
+    for i in range(1, k):
+        # If every point coincides with a chosen centre (fewer than K distinct
+        # points), all weights are 0 and multinomial would fail: fall back to
+        # uniform sampling.  torch.where keeps this on the device (no sync).
+        weights = torch.where(closest.sum() > 0, closest, torch.ones_like(closest))
+        idx = torch.multinomial(weights, 1, generator=gen)  # (1,), stays on device
+        centres[i : i + 1] = x.index_select(0, idx)
+        closest = torch.minimum(closest, _sq_dist_to_point(x, x_sq, centres[i]))
+    return centres
+
+
+# --------------------------------------------------------------------------
+# update step
+# --------------------------------------------------------------------------
+
+
+def _split_clusters(centroids: Tensor, counts: Tensor, gen: torch.Generator) -> None:
+    """Refill empty clusters in place by splitting non-empty ones, as FAISS does.
+
+    For every empty cluster e we pick a cluster j with probability
+    proportional to ``size_j - 1`` (so singletons are never split and big
+    clusters are split most often), copy its centroid into slot e, and push
+    the two copies apart by a small symmetric relative perturbation:
+
+        c_e = c_j * (1 + eps * s),   c_j = c_j * (1 - eps * s),
+        s = (+1, -1, +1, -1, ...) over the D coordinates.
+
+    The next assignment step then divides j's points between the two
+    centroids along that direction.  We also pretend the split is even
+    (``size_e = size_j // 2``) so that several empty clusters in the same
+    iteration do not all pick the same donor.
+
+    Args:
+        centroids: (K, D) float32, modified in place.
+        counts: (K,) int64 cluster sizes; some are 0.  Not modified.
+        gen: generator on the centroids' device (for reproducibility).
+
+    Note: a donor centroid that is exactly 0 cannot be split this way (the
+    perturbation is relative); FAISS shares this limitation.
+    """
+    counts = counts.clone()
+    d = centroids.shape[1]
+    sign = torch.ones(d, dtype=centroids.dtype, device=centroids.device)
+    sign[1::2] = -1.0
+    # One host sync to list the empty slots; this path runs rarely.
+    for e in torch.nonzero(counts == 0).flatten().tolist():
+        # At least one cluster has >= 2 points: K-1 or fewer clusters hold
+        # N >= K points, and splitting keeps the total at N.  So the weights
+        # below are never all zero.
+        weights = (counts - 1).clamp_min(0).to(torch.float32)
+        j = torch.multinomial(weights, 1, generator=gen)  # (1,)
+        donor = centroids.index_select(0, j)  # (1, D)
+        centroids[e] = donor[0] * (1.0 + _SPLIT_EPS * sign)
+        centroids.index_copy_(0, j, donor * (1.0 - _SPLIT_EPS * sign))
+        half = counts.index_select(0, j) // 2  # (1,)
+        counts[e] = half[0]
+        counts.index_add_(0, j, -half)
+
+
+def _update_centroids(
+    x: Tensor, labels: Tensor, k: int, gen: torch.Generator
+) -> tuple[Tensor, bool]:
+    """Lloyd update: each centroid becomes the mean of its points.
+
+    Args:
+        x: (N, D) float32 points.
+        labels: (N,) int64 assignments in [0, K).
+        k: number of clusters K.
+        gen: generator used to pick donors for empty clusters.
+
+    Returns:
+        centroids: (K, D) float32.
+        had_empty: whether some cluster was empty and had to be re-seeded.
+
+    ``index_add_`` sums the rows of each cluster in O(N D); a one-hot (K, N)
+    matrix times ``x`` would cost O(N K D), as much as the assignment step.
+    (On CUDA, ``index_add_`` uses atomic float adds, so the last bits of the
+    centroids can differ from run to run.)
+    """
+    counts = torch.bincount(labels, minlength=k)  # (K,)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    sums.index_add_(0, labels, x)
+    centroids = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+    had_empty = bool((counts == 0).any())
+    if had_empty:
+        _split_clusters(centroids, counts, gen)
+    return centroids, had_empty
+
+
+# --------------------------------------------------------------------------
+# public k-means
+# --------------------------------------------------------------------------
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    n_iter: int = 20,
+    seed: int = 0,
+    init: str = "kmeans++",
+    init_centroids: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Cluster the rows of ``x`` into ``k`` groups with Lloyd's k-means.
+
+    Args:
+        x: (N, D) floating-point points, any device.  Computation is float32.
+        k: number of clusters, 1 <= k <= N.
+        n_iter: maximum number of Lloyd iterations (assignment + update).  The
+            loop stops earlier once the assignment no longer changes, which
+            gives exactly the same result as running the remaining iterations.
+        seed: seeds a ``torch.Generator`` on x's device, used by the
+            initialisation and by empty-cluster splitting.  The same seed on
+            the same device gives the same result (on CUDA up to the last
+            bits of the float sums, see ``_update_centroids``); CPU and CUDA
+            random streams differ, so results differ across devices.
+        init: "kmeans++" (D^2 sampling) or "random" (k distinct rows of x).
+            Ignored when ``init_centroids`` is given.
+        init_centroids: optional (K, D) starting centroids, e.g. the previous
+            epoch's centroids to warm-start.
+
+    Returns:
+        centroids: (K, D) float32 on x's device.
+        labels: (N,) int64 on x's device.  ``labels`` is the nearest-centroid
+            assignment w.r.t. the *returned* centroids, so the two are always
+            consistent (the final update is followed by one more assignment).
+
+    Empty clusters are re-seeded after every update by splitting a large
+    cluster in two (see ``_split_clusters``), so with N >= K distinct points
+    clusters are almost never empty at the end.
+    """
+    _check_points(x)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must satisfy 1 <= k <= N, got k={k}, N={n}")
+    if n_iter < 0:
+        raise ValueError(f"n_iter must be >= 0, got n_iter={n_iter}")
+
+    x = x.float()  # no copy when already float32
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    x_sq = (x * x).sum(dim=1)  # (N,), reused by every assignment step
+
+    if init_centroids is not None:
+        _check_points(init_centroids, "init_centroids")
+        if tuple(init_centroids.shape) != (k, d):
+            raise ValueError(
+                f"init_centroids must have shape (k, D) = {(k, d)}, "
+                f"got {tuple(init_centroids.shape)}"
+            )
+        centroids = init_centroids.to(device=x.device, dtype=torch.float32).clone()
+    elif init == "kmeans++":
+        centroids = _kmeanspp_init(x, x_sq, k, gen)
+    elif init == "random":
+        rows = torch.randperm(n, generator=gen, device=x.device)[:k]
+        centroids = x.index_select(0, rows)
+    else:
+        raise ValueError(f"init must be 'kmeans++' or 'random', got init={init!r}")
+
+    labels: Tensor | None = None  # assignment w.r.t. the current centroids
+    prev_labels: Tensor | None = None
+    prev_had_empty = False
+    for _ in range(n_iter):
+        labels, _ = nearest_centroid(x, centroids, x_sq)
+        # Converged: the centroids are already the means of these exact
+        # clusters (no split happened), so further iterations change nothing.
+        if (
+            prev_labels is not None
+            and not prev_had_empty
+            and torch.equal(labels, prev_labels)
+        ):
+            return centroids, labels
+        centroids, prev_had_empty = _update_centroids(x, labels, k, gen)
+        prev_labels = labels
+    labels, _ = nearest_centroid(x, centroids, x_sq)
+    return centroids, labels
+
+
+def inertia(x: Tensor, centroids: Tensor, labels: Tensor) -> float:
+    """Sum of squared distances of the points to their assigned centroids.
+
+    Args:
+        x: (N, D) points.
+        centroids: (K, D).
+        labels: (N,) int64 in [0, K).
+
+    Returns:
+        The k-means objective as a Python float.  Computed from the explicit
+        differences (not the dot-product expansion, which loses precision) in
+        blocks of rows, accumulated in float64.
+    """
+    if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
+        raise ValueError(
+            f"need x (N, D) and centroids (K, D), got {tuple(x.shape)} and "
+            f"{tuple(centroids.shape)}"
+        )
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape (N,) = ({x.shape[0]},), got {tuple(labels.shape)}")
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    rows = _rows_per_block(x.shape[1], x.device)
+    for start in range(0, x.shape[0], rows):
+        diff = x[start : start + rows] - centroids[labels[start : start + rows]]
+        total += (diff * diff).sum(dtype=torch.float64)
+    return float(total)
+
+
+# --------------------------------------------------------------------------
+# preprocessing
+# --------------------------------------------------------------------------
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:
+    """Scale every row (last dimension) to unit L2 norm: ``x / (||x|| + eps)``.
+
+    (..., D) -> (..., D).  ``eps`` keeps an all-zero row at zero instead of NaN.
+    """
+    return x / (x.norm(dim=-1, keepdim=True) + eps)
+
+
+class PCAWhitening:
+    """PCA projection to ``dim`` components followed by whitening.
+
+    ``fit`` learns the mean and the top principal directions of (N, D) data;
+    ``transform`` maps (M, D) -> (M, dim) with unit variance per component:
+
+        y = (x - mean) @ V[:, :dim] / sqrt(lambda[:dim] + eps)
+
+    This is FAISS ``PCAMatrix(D, dim, eigen_power=-0.5)``, the preprocessing
+    of DeepCluster (whitening makes all kept directions equally important to
+    k-means, so a few high-variance directions do not dominate the distances).
+    Fitting on one set and applying to another is why this is a class;
+    ``pca_whiten`` is the one-shot version.
+
+    The covariance and its eigendecomposition use float64: eigenvalues of a
+    float32 covariance lose relative precision in the small ones, which the
+    whitening then divides by.  The covariance uses the unbiased 1/(N-1)
+    normalisation, like ``torch.cov`` and scikit-learn's PCA.
+
+    ``dim`` larger than D is clipped to D (you cannot keep more components
+    than there are dimensions); ``self.dim`` holds the effective value after
+    ``fit``.  Each eigenvector's sign is fixed so that its largest-magnitude
+    entry is positive, making the output independent of the solver's choice.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got dim={dim}")
+        self.dim = dim
+        self.eps = eps
+        self.mean: Tensor | None = None  # (D,) float64
+        self.projection: Tensor | None = None  # (D, dim) float64, whitening included
+
+    def fit(self, x: Tensor) -> "PCAWhitening":
+        """Learn mean and whitened projection from (N, D) data, N >= 2."""
+        _check_points(x)
+        n, d = x.shape
+        if n < 2:
+            raise ValueError(f"need at least 2 rows to estimate a covariance, got N={n}")
+        self.dim = min(self.dim, d)
+        mean = x.sum(dim=0, dtype=torch.float64) / n
+        # Accumulate the covariance block by block so that we never hold a
+        # float64 copy of all of x (1M x 128 would be 1 GiB).
+        cov = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+        rows = _rows_per_block(d, x.device)
+        for start in range(0, n, rows):
+            xc = x[start : start + rows].double() - mean
+            cov += xc.t() @ xc
+        cov /= n - 1
+        eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending order
+        eigvals = eigvals.flip(0)[: self.dim].clamp_min(0.0)  # round-off can give -1e-17
+        eigvecs = eigvecs.flip(1)[:, : self.dim]  # (D, dim), columns = components
+        biggest = eigvecs.abs().argmax(dim=0)  # (dim,)
+        signs = torch.sign(eigvecs[biggest, torch.arange(self.dim, device=x.device)])
+        eigvecs = eigvecs * signs
+        self.mean = mean
+        self.projection = eigvecs / torch.sqrt(eigvals + self.eps)
+        return self
+
+    def transform(self, x: Tensor) -> Tensor:
+        """(M, D) -> (M, dim), in x's dtype and device."""
+        if self.mean is None or self.projection is None:
+            raise RuntimeError("PCAWhitening.transform called before fit")
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"x must have shape (M, {self.mean.shape[0]}), got {tuple(x.shape)}"
+            )
+        out = torch.empty(x.shape[0], self.dim, dtype=x.dtype, device=x.device)
+        rows = _rows_per_block(x.shape[1], x.device)
+        for start in range(0, x.shape[0], rows):
+            xc = x[start : start + rows].double() - self.mean
+            out[start : start + rows] = (xc @ self.projection).to(x.dtype)
+        return out
+
+
+def pca_whiten(x: Tensor, dim: int, eps: float = 1e-5) -> Tensor:
+    """PCA-reduce (N, D) to (N, dim) and whiten; see ``PCAWhitening``.
+
+    ``dim > D`` is clipped to D.  The output has zero mean and (up to ``eps``)
+    identity covariance.
+    """
+    return PCAWhitening(dim, eps).fit(x).transform(x)

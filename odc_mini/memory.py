@@ -1,0 +1,205 @@
+"""The two memories of Online Deep Clustering (ODC; Zhan et al., CVPR 2020).
+
+* The **samples memory** keeps, for every training image i, a unit feature v_i (a momentum
+  average of the network's neck outputs for that image) and a pseudo-label y_i.
+* The **centroids memory** keeps one centroid per cluster: the plain mean of the memory
+  features of its members (deliberately *not* re-normalised, as in the authors' code).
+
+Labels are re-assigned batch by batch while the network trains, so labels and network evolve
+together instead of jumping once per epoch as in DeepCluster.
+
+Conventions follow the reference implementation (OpenSelfSup ``ODCMemory``), see
+``shared/reference/odc-algorithm.md`` §3-§6:
+
+* momentum ``m`` multiplies the **new** feature: v <- normalise((1 - m) v_old + m u_new);
+* a sample's new label is the nearest centroid by dot product, computed on the *updated* memory
+  feature;
+* small clusters are first disbanded (members go to the nearest non-small centroid), then each is
+  refilled by splitting the current largest cluster in two with 2-means.
+
+Everything is single-process and lives on one device (CPU or GPU); a CIFAR-10 memory is
+50,000 x 256 floats, about 51 MB.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kmeans import kmeans
+
+_EPS = 1e-10  # the reference code's guard in every L2 normalisation
+
+
+def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their norm (+1e-10, as in the reference code). (N, D) -> (N, D)."""
+    return x / (x.norm(dim=1, keepdim=True) + _EPS)
+
+
+class ODCMemory:
+    """Samples memory (features, labels) and centroids memory of ODC.
+
+    Attributes:
+        features:  (N, D) float32, unit rows v_i.
+        labels:    (N,)  int64, pseudo-labels y_i in [0, K).
+        centroids: (K, D) float32, c_k = mean of the member features (not unit length).
+    """
+
+    def __init__(self, num_samples: int, feat_dim: int, num_clusters: int, momentum: float = 0.5,
+                 min_cluster: int = 20, device: str | torch.device = "cpu",
+                 cosine_centroids: bool = False, seed: int = 0):
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum={momentum} is outside [0, 1]")
+        if num_clusters < 2 or num_clusters > num_samples:
+            raise ValueError(f"num_clusters={num_clusters} must be in [2, num_samples={num_samples}]")
+        self.num_samples, self.feat_dim, self.num_clusters = num_samples, feat_dim, num_clusters
+        self.momentum = momentum
+        self.min_cluster = min_cluster
+        # Ablation switch (spec §12.3): assign by cosine instead of the raw dot product.
+        self.cosine_centroids = cosine_centroids
+        self.device = torch.device(device)
+        self.features = torch.zeros(num_samples, feat_dim, device=self.device)
+        self.labels = torch.zeros(num_samples, dtype=torch.long, device=self.device)
+        self.centroids = torch.zeros(num_clusters, feat_dim, device=self.device)
+        # Only the random-halves fallback of the split draws random numbers.
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    # ------------------------------------------------------------------ set-up
+    def init_memory(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fill the memory from an initial clustering.
+
+        features: (N, D) raw features (L2-normalised here); labels: (N,) cluster ids.
+        Centroids are recomputed as member means; the k-means centroids are not reused
+        (as in the reference code).
+        """
+        if features.shape != (self.num_samples, self.feat_dim):
+            raise ValueError(f"features have shape {tuple(features.shape)}, expected "
+                             f"({self.num_samples}, {self.feat_dim})")
+        if labels.shape != (self.num_samples,):
+            raise ValueError(f"labels have shape {tuple(labels.shape)}, expected ({self.num_samples},)")
+        self.features.copy_(_l2_normalize(features.to(self.device, torch.float32)))
+        self.labels.copy_(labels.to(self.device, torch.long))
+        self.update_centroids()
+
+    # ------------------------------------------------------------------ per iteration
+    def update_samples_tensor(self, idx: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Momentum-update the memory features of a batch and re-label it.
+
+        idx: (B,) int64 sample indices (duplicates allowed); feats: (B, D) neck outputs of the
+        batch (detached). Returns the change ratio as a 0-d tensor (no host synchronisation).
+        """
+        idx = idx.to(self.device)
+        new = _l2_normalize(feats.detach().to(self.device, torch.float32))
+        m = self.momentum
+        updated = _l2_normalize((1.0 - m) * self.features[idx] + m * new)
+        centroids = _l2_normalize(self.centroids) if self.cosine_centroids else self.centroids
+        new_labels = (updated @ centroids.T).argmax(dim=1)
+        change_ratio = (new_labels != self.labels[idx]).float().mean()
+        # With sampling with replacement a batch can hold an index twice. The reference code
+        # lets the last write win; index_put with duplicates is unordered in torch, so pick the
+        # last occurrence explicitly to stay deterministic on every device.
+        last = self._last_occurrence(idx)
+        self.features[idx[last]] = updated[last]
+        self.labels[idx[last]] = new_labels[last]
+        return change_ratio
+
+    def update_samples(self, idx: torch.Tensor, feats: torch.Tensor) -> float:
+        """As :meth:`update_samples_tensor`, returning the change ratio as a Python float."""
+        return float(self.update_samples_tensor(idx, feats))
+
+    @staticmethod
+    def _last_occurrence(idx: torch.Tensor) -> torch.Tensor:
+        """Positions (into idx) of the last occurrence of each distinct index. (B,) -> (U,)."""
+        unique, inverse = torch.unique(idx, return_inverse=True)
+        positions = torch.arange(idx.numel(), device=idx.device)
+        last = torch.full((unique.numel(),), -1, dtype=torch.long, device=idx.device)
+        return last.scatter_reduce(0, inverse, positions, reduce="amax")
+
+    def cluster_sizes(self) -> torch.Tensor:
+        """(K,) int64 number of samples per cluster."""
+        return torch.bincount(self.labels, minlength=self.num_clusters)
+
+    def update_centroids(self, clusters: torch.Tensor | None = None) -> None:
+        """Recompute centroids as member means: all of them, or only the ids in ``clusters``.
+
+        An empty cluster keeps its previous centroid (reference behaviour).
+        """
+        sums = torch.zeros_like(self.centroids).index_add_(0, self.labels, self.features)
+        counts = self.cluster_sizes()
+        if clusters is None:
+            keep = counts > 0
+        else:
+            keep = torch.zeros(self.num_clusters, dtype=torch.bool, device=self.device)
+            keep[clusters.to(self.device)] = True
+            keep &= counts > 0
+        means = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        self.centroids = torch.where(keep.unsqueeze(1), means, self.centroids)
+
+    def deal_with_small_clusters(self) -> int:
+        """Disband every cluster smaller than ``min_cluster`` and refill it by splitting the
+        largest cluster (spec §5). Returns the number of clusters handled (0 if none was small).
+        """
+        counts = self.cluster_sizes()
+        small = counts < self.min_cluster
+        small_ids = torch.nonzero(small).flatten().tolist()
+        if not small_ids:
+            return 0
+        if len(small_ids) == self.num_clusters:
+            # Every cluster is small: there is nothing to disband into. Config validation
+            # (min_cluster * K <= N) prevents this in training; keep the memory as it is.
+            return 0
+        # 1. Disband: members of small clusters move to the nearest *non-small* centroid.
+        members = small[self.labels]
+        if members.any():
+            centroids = _l2_normalize(self.centroids) if self.cosine_centroids else self.centroids
+            sims = self.features[members] @ centroids.T
+            sims[:, small] = -torch.inf
+            self.labels[members] = sims.argmax(dim=1)
+        # 2. Refill each (now empty) small cluster with half of the current largest cluster.
+        for empty in small_ids:
+            counts = self.cluster_sizes()
+            largest = int(counts.argmax())
+            member_idx = torch.nonzero(self.labels == largest).flatten()
+            if member_idx.numel() < 2:
+                break  # nothing left to split (only possible when N is tiny)
+            second_half = self._split_in_two(self.features[member_idx])
+            self.labels[member_idx[second_half]] = empty
+            self.update_centroids(torch.tensor([largest, empty]))
+        return len(small_ids)
+
+    def _split_in_two(self, feats: torch.Tensor) -> torch.Tensor:
+        """Boolean mask (M,) of the members that form the second part of a 2-way split.
+
+        The reference runs sklearn KMeans(2, random_state=0, max_iter=20) on the CPU; we run the
+        package's own torch k-means with the same budget so the split stays on the device.
+        If one side comes out empty, fall back to a random split in halves (reference rule).
+        """
+        if not torch.isfinite(feats).all():
+            raise FloatingPointError("memory features contain NaN or inf; cannot split a cluster")
+        _, part = kmeans(feats, 2, n_iter=20, seed=0)
+        second = part == 1
+        n_second = int(second.sum())
+        if n_second == 0 or n_second == feats.shape[0]:
+            order = torch.randperm(feats.shape[0], generator=self.generator).to(feats.device)
+            second = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device)
+            second[order[feats.shape[0] // 2:]] = True
+        return second
+
+    # ------------------------------------------------------------------ loss weights
+    def class_weights(self, power: float = 0.5, eps: float = 1e-5) -> torch.Tensor:
+        """(K,) loss weights w_k proportional to (n_k + eps)^-power, summing to 1 (spec §2).
+
+        The normalisation does not change a weighted-mean cross-entropy; it only makes the
+        weights readable. ``power=0`` gives uniform weights (re-weighting off).
+        """
+        w = (self.cluster_sizes().to(torch.float32) + eps).pow(-power)
+        return w / w.sum()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"features": self.features, "labels": self.labels, "centroids": self.centroids,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.features.copy_(state["features"])
+        self.labels.copy_(state["labels"])
+        self.centroids = state["centroids"].to(self.device).clone()
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,131 @@
+"""What ODC and DeepCluster share: the optimiser, one SGD step, and feature extraction.
+
+A method is driven by the training loop (``train.py``) through four calls::
+
+    method.setup()                      # once, before the first epoch
+    order = method.epoch_indices(epoch) # (N',) sample indices to visit this epoch
+    out = method.train_step(x, idx)     # per batch: dict of 0-d tensors (loss, acc, change_ratio)
+    method.pseudo_labels()              # (N,) the current pseudo-label of every sample
+
+``train_step`` returns tensors, not floats, so that a GPU run never waits for the host inside
+the hot loop; the loop reads them at logging intervals.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import normalize
+
+
+@dataclass
+class Embedding:
+    """Features of a whole image set, extracted without augmentation in eval mode."""
+    backbone: torch.Tensor  # (N, C): what kNN and the linear probe evaluate
+    neck: torch.Tensor      # (N, D): what clustering uses
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on the CPU (bf16 matmuls are slow on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
+                 progress: bool = False, desc: str = "extract") -> Embedding:
+    """Run ``model.embed`` over uint8 images (N, 3, H, W) in eval mode; float32 outputs on the
+    images' device. The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    backbone, neck = [], []
+    starts = range(0, images.shape[0], batch_size)
+    for s in tqdm(starts, desc=desc, leave=False, disable=not progress):
+        x = normalize(images[s:s + batch_size])
+        if images.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(images.device):
+            h, z = model.embed(x)
+        backbone.append(h.float())
+        neck.append(z.float())
+    model.train(was_training)
+    return Embedding(torch.cat(backbone), torch.cat(neck))
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float = 0.9,
+                    weight_decay: float = 1e-5) -> torch.optim.SGD:
+    """SGD with weight decay on every parameter; the head gets momentum 0 (spec §2), a habit
+    inherited from DeepCluster, whose head is re-initialised after every clustering."""
+    head = [p for n, p in model.named_parameters() if n.startswith("head.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    return torch.optim.SGD([{"params": rest}, {"params": head, "momentum": 0.0}],
+                           lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class Method:
+    """Base class: holds the model, the optimiser and the training images."""
+
+    name = "method"
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, cfg, generator: torch.Generator):
+        self.model = model
+        self.images = images            # (N, 3, H, W) uint8 on the training device
+        self.cfg = cfg
+        self.device = images.device
+        self.generator = generator      # CPU generator: sampler and k-means seeds
+        self.optimizer = build_optimizer(model, cfg.lr, cfg.sgd_momentum, cfg.weight_decay)
+        self.iteration = 0              # global iteration counter, across epochs
+        self.clusters_handled = 0       # small/empty clusters repaired since the last epoch end
+
+    @property
+    def num_samples(self) -> int:
+        return self.images.shape[0]
+
+    def embed(self, progress: bool = False) -> Embedding:
+        return embed_images(self.model, self.images, self.cfg.eval_batch_size, progress,
+                            desc=f"{self.name}: extract")
+
+    def sgd_step(self, logits: torch.Tensor, target: torch.Tensor,
+                 weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Cross-entropy (weighted mean when ``weight`` is given), backward, SGD step."""
+        loss = nn.functional.cross_entropy(logits.float(), target, weight=weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        acc = (logits.detach().argmax(dim=1) == target).float().mean()
+        return {"loss": loss.detach(), "acc": acc}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device):
+            return self.model(x)
+
+    # The interface the loop drives; subclasses fill it in.
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def pseudo_labels(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def drift_centroids(self) -> torch.Tensor:
+        """(K, D) centroids in cluster ids that persist across epochs, to measure drift with."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
+                "clusters_handled": self.clusters_handled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = state["iteration"]
+        self.clusters_handled = state["clusters_handled"]

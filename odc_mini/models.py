@@ -1,0 +1,119 @@
+"""The network shared by ODC and DeepCluster: backbone -> neck -> linear head.
+
+* ``small_cnn``: a 4-block CNN (about 1.2 M parameters) that trains in seconds per epoch on a
+  laptop CPU; the quick profile uses it.
+* ``resnet18``: the CIFAR variant of ResNet-18 (3x3 stem with stride 1, no max-pool), 512-d
+  output; the full profile uses it on a GPU.
+
+The neck and head follow the ODC reference (spec §2): Linear(C, 512) -> BN (no affine) -> ReLU
+-> Dropout(0.5) -> Linear(512, 256) -> ReLU, then Linear(256, K) with N(0, 0.01^2) weights.
+Both methods use the very same network, so the comparison differs only in how pseudo-labels
+are made.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torchvision
+
+ARCHS = ("small_cnn", "resnet18")
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Module):
+    """(B, 3, 32, 32) -> (B, 256). Four conv blocks, each halving the resolution but the last,
+    then global average pooling."""
+
+    out_dim = 256
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            _conv_block(3, 32), nn.MaxPool2d(2),      # 16 x 16
+            _conv_block(32, 64), nn.MaxPool2d(2),     # 8 x 8
+            _conv_block(64, 128), nn.MaxPool2d(2),    # 4 x 4
+            _conv_block(128, 256),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def resnet18_cifar() -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem; (B, 3, 32, 32) -> (B, 512)."""
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    net.out_dim = 512
+    return net
+
+
+def build_backbone(arch: str) -> nn.Module:
+    if arch == "small_cnn":
+        net = SmallCNN()
+    elif arch == "resnet18":
+        net = resnet18_cifar()
+    else:
+        raise ValueError(f"unknown arch {arch!r}; accepted: {', '.join(ARCHS)}")
+    # Reference init: Kaiming-normal (fan_in, ReLU) convolutions, BN weight 1 and bias 0.
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class Neck(nn.Module):
+    """ODC's non-linear neck (OpenSelfSup ``NonLinearNeckV0``): (B, C) -> (B, out_dim), >= 0.
+
+    The BN has no affine parameters. The reference's BN momentum 0.001 suits 2,500 iterations per
+    epoch on ImageNet; CIFAR runs have ~40-200, so the default here is 0.01 (spec §13).
+    """
+
+    def __init__(self, in_dim: int, hid_dim: int = 512, out_dim: int = 256, bn_momentum: float = 0.01):
+        super().__init__()
+        self.fc0 = nn.Linear(in_dim, hid_dim)
+        self.bn0 = nn.BatchNorm1d(hid_dim, affine=False, momentum=bn_momentum)
+        self.drop = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(hid_dim, out_dim)
+        for fc in (self.fc0, self.fc1):
+            nn.init.kaiming_normal_(fc.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc1(self.drop(torch.relu(self.bn0(self.fc0(x))))))
+
+
+class Head(nn.Linear):
+    """Linear classifier over K pseudo-classes, initialised N(0, 0.01^2), bias 0."""
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=0.01)
+        nn.init.zeros_(self.bias)
+
+
+class ClusterNet(nn.Module):
+    """backbone + neck + head. ``forward`` returns (neck features (B, D), logits (B, K))."""
+
+    def __init__(self, arch: str, num_clusters: int, hid_dim: int = 512, feat_dim: int = 256,
+                 neck_bn_momentum: float = 0.01):
+        super().__init__()
+        self.backbone = build_backbone(arch)
+        self.neck = Neck(self.backbone.out_dim, hid_dim, feat_dim, neck_bn_momentum)
+        self.head = Head(feat_dim, num_clusters)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.neck(self.backbone(x))
+        return z, self.head(z)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(backbone features (B, C), neck features (B, D)): what evaluation and clustering use."""
+        h = self.backbone(x)
+        return h, self.neck(h)

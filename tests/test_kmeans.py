@@ -1,0 +1,167 @@
+"""Tests of odc_mini.kmeans against independent computations (NumPy / scikit-learn)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+from sklearn.decomposition import PCA
+from sklearn.metrics import normalized_mutual_info_score
+
+from odc_mini.kmeans import inertia, kmeans, l2_normalize, pca_whiten
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, y = make_blobs(n_samples=3000, n_features=16, centers=8, cluster_std=1.0, random_state=0)
+    return torch.from_numpy(x).float(), y
+
+
+def naive_sq_dists(x: torch.Tensor, c: torch.Tensor) -> np.ndarray:
+    """(N, K) squared distances by explicit differences, in float64 (no dot-product trick)."""
+    xd, cd = x.double().numpy(), c.double().numpy()
+    return ((xd[:, None, :] - cd[None, :, :]) ** 2).sum(-1)
+
+
+def assert_nearest(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> None:
+    """Every label names a nearest centroid.  float32 rounding may break
+    near-ties differently from float64, so we compare distances, not indices."""
+    d2 = naive_sq_dists(x, c)
+    chosen = d2[np.arange(len(d2)), labels.numpy()]
+    np.testing.assert_allclose(chosen, d2.min(1), rtol=1e-4, atol=1e-3)
+    assert (labels.numpy() == d2.argmin(1)).mean() > 0.999
+
+
+def test_inertia_close_to_sklearn(blobs):
+    x, _ = blobs
+    c, labels = kmeans(x, 8, n_iter=20, seed=0)
+    ours = inertia(x, c, labels)
+    ref = KMeans(n_clusters=8, n_init=4, max_iter=20, random_state=0).fit(x.numpy())
+    assert ours <= 1.02 * ref.inertia_
+    # and inertia() itself agrees with a direct float64 computation
+    direct = ((x.double() - c.double()[labels]) ** 2).sum().item()
+    assert ours == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_output_types_and_label_consistency(blobs, init):
+    x, _ = blobs
+    c, labels = kmeans(x, 8, n_iter=5, seed=1, init=init)
+    assert c.shape == (8, 16) and c.dtype == torch.float32
+    assert labels.shape == (3000,) and labels.dtype == torch.int64
+    # labels are the nearest of the *returned* centroids
+    assert_nearest(x, c, labels)
+
+
+def test_converged_run_recovers_blobs_and_centroids_are_means(blobs):
+    x, y = blobs
+    c, labels = kmeans(x, 8, n_iter=50, seed=0)
+    assert normalized_mutual_info_score(y, labels.numpy()) == pytest.approx(1.0)
+    # converged: every centroid is the mean of the points assigned to it
+    for j in range(8):
+        members = x[labels == j].double()
+        torch.testing.assert_close(c[j].double(), members.mean(0), atol=1e-4, rtol=0)
+
+
+def test_deterministic_for_same_seed(blobs):
+    x, _ = blobs
+    c1, l1 = kmeans(x, 8, n_iter=3, seed=5)
+    c2, l2 = kmeans(x, 8, n_iter=3, seed=5)
+    assert torch.equal(c1, c2) and torch.equal(l1, l2)
+    c3, _ = kmeans(x, 8, n_iter=0, seed=6)
+    c4, _ = kmeans(x, 8, n_iter=0, seed=5)
+    assert not torch.equal(c3, c4)  # a different seed gives a different init
+
+
+def test_explicit_init_and_zero_iterations(blobs):
+    x, _ = blobs
+    init = x[:8].clone()
+    c, labels = kmeans(x, 8, n_iter=0, init_centroids=init)
+    torch.testing.assert_close(c, init)
+    assert_nearest(x, init, labels)
+
+
+def test_one_lloyd_step_matches_numpy(blobs):
+    x, _ = blobs
+    init = x[100:108].clone()
+    c, _ = kmeans(x, 8, n_iter=1, init_centroids=init)
+    lab = naive_sq_dists(x, init).argmin(1)
+    xn = x.double().numpy()
+    expected = np.stack([xn[lab == j].mean(0) for j in range(8)])
+    np.testing.assert_allclose(c.double().numpy(), expected, atol=1e-4)
+
+
+def test_empty_cluster_is_refilled(blobs):
+    x, _ = blobs
+    init = x[:8].clone()
+    init[3] = 1e6  # no point will ever be closest to this centroid
+    c, labels = kmeans(x, 8, n_iter=20, init_centroids=init)
+    counts = torch.bincount(labels, minlength=8)
+    assert (counts > 0).all()
+    assert len(torch.unique(labels)) == 8
+    assert c.abs().max() < 1e3  # the far centroid was replaced
+
+
+def test_k_equals_n_and_k_one():
+    x = torch.randn(10, 3)
+    c, labels = kmeans(x, 10, n_iter=5)
+    assert len(torch.unique(labels)) == 10
+    c1, l1 = kmeans(x, 1, n_iter=5)
+    torch.testing.assert_close(c1[0], x.mean(0))
+    assert (l1 == 0).all()
+
+
+def test_input_validation():
+    x = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="k=6, N=5"):
+        kmeans(x, 6)
+    with pytest.raises(ValueError, match="k=0"):
+        kmeans(x, 0)
+    with pytest.raises(ValueError, match="2-D"):
+        kmeans(torch.randn(5), 2)
+    bad = x.clone()
+    bad[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        kmeans(bad, 2)
+    with pytest.raises(ValueError, match="floating"):
+        kmeans(torch.ones(5, 2, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="init"):
+        kmeans(x, 2, init="bogus")
+    with pytest.raises(ValueError, match="shape"):
+        kmeans(x, 2, init_centroids=torch.zeros(3, 2))
+
+
+def correlated_data(n=4000, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(d, d, generator=g, dtype=torch.float64)
+    scales = torch.logspace(0, -1.5, d, dtype=torch.float64)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scales) @ mixing + 3.0
+
+
+def test_pca_whiten_gives_identity_covariance():
+    x = correlated_data().float()
+    z = pca_whiten(x, 8)
+    assert z.shape == (4000, 8) and z.dtype == torch.float32
+    torch.testing.assert_close(z.double().mean(0), torch.zeros(8, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cov(z.double().T), torch.eye(8, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_pca_whiten_matches_sklearn_up_to_sign():
+    x = correlated_data(seed=1)
+    ours = pca_whiten(x, 6, eps=0.0)
+    ref = PCA(n_components=6, whiten=True, svd_solver="full").fit_transform(x.numpy())
+    np.testing.assert_allclose(np.abs(ours.numpy()), np.abs(ref), atol=1e-6)
+
+
+def test_pca_whiten_clips_dim():
+    x = correlated_data(n=500, d=5)
+    assert pca_whiten(x, 50).shape == (500, 5)
+    with pytest.raises(ValueError, match="dim"):
+        pca_whiten(x, 0)
+
+
+def test_l2_normalize():
+    x = torch.randn(100, 7) * 5
+    norms = l2_normalize(x).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(100))
+    assert torch.equal(l2_normalize(torch.zeros(2, 3)), torch.zeros(2, 3))
