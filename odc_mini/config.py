@@ -27,11 +27,23 @@ PROFILE_ENV = "ODC_PROFILE"
 
 # Values per profile for the fields that default to None. The ODC reference values (ImageNet)
 # are scaled to CIFAR-10 as in spec §13: K = 100, min_cluster ~ 0.15 N/K, lr linear in batch.
+#
+# The quick profile departs from the reference in three measured ways, because it has only
+# ~800 iterations instead of ~1.1 M (5,000-image subsets, 6 epochs, kNN gain over the random
+# network: reference augmentation +0 pts or worse for both methods; these settings about +3):
+# * sobel=True: a random network clusters images by colour, and the reference colour jitter
+#   (saturation 1.0, hue 0.5) makes colour clusters impossible to predict, so the head stays at
+#   chance. DeepCluster's Sobel filter gives clusters of edges, which survive the jitter.
+# * the milder SimCLR-style CIFAR colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.8;
+# * batch 128 with lr 0.1: more, larger steps in the few minutes available.
+# The full profile keeps the reference settings.
 PROFILE_DEFAULTS = {
-    "quick": dict(arch="small_cnn", dataset="cifar10", subset=10_000, epochs=10, batch_size=256,
-                  lr=0.03, num_clusters=100, min_cluster=15, snapshot_size=2000, eval_batch_size=1000),
+    "quick": dict(arch="small_cnn", dataset="cifar10", subset=10_000, epochs=10, batch_size=128,
+                  lr=0.1, num_clusters=100, min_cluster=15, snapshot_size=2000, eval_batch_size=1000,
+                  sobel=True, saturation=0.4, hue=0.1, jitter_p=0.8),
     "full": dict(arch="resnet18", dataset="cifar10", subset=None, epochs=100, batch_size=512,
-                 lr=0.06, num_clusters=100, min_cluster=75, snapshot_size=2000, eval_batch_size=1024),
+                 lr=0.06, num_clusters=100, min_cluster=75, snapshot_size=2000, eval_batch_size=1024,
+                 sobel=False, saturation=1.0, hue=0.5, jitter_p=1.0),
 }
 
 
@@ -56,6 +68,7 @@ class Config:
     lr: float | None = None
     sgd_momentum: float = 0.9
     weight_decay: float = 1e-5
+    sobel: bool | None = None        # DeepCluster's fixed edge filter in front of the backbone
     feat_dim: int = 256
     hid_dim: int = 512
     neck_bn_momentum: float = 0.01
@@ -64,13 +77,14 @@ class Config:
     crop_min_scale: float = 0.2
     brightness: float = 0.4
     contrast: float = 0.4
-    saturation: float = 1.0
-    hue: float = 0.5
-    jitter_p: float = 1.0
+    saturation: float | None = None
+    hue: float | None = None
+    jitter_p: float | None = None
     grayscale_p: float = 0.2
     # clustering (shared)
     num_clusters: int | None = None
     kmeans_iters: int = 20
+    recalibrate_bn: bool = True      # BN statistics from the data before the first clustering
     # ODC
     momentum: float = 0.5            # memory momentum; multiplies the *new* feature
     min_cluster: int | None = None

@@ -19,6 +19,26 @@ import torchvision
 ARCHS = ("small_cnn", "resnet18")
 
 
+class Sobel(nn.Module):
+    """DeepCluster's fixed input filter: grey level, then horizontal and vertical Sobel edges.
+    (B, 3, H, W) -> (B, 2, H, W). No parameters are learned.
+
+    Colour is the first thing a random network clusters by, and colour jitter makes such
+    clusters impossible to predict; edges survive the jitter (spec §10.8).
+    """
+
+    def __init__(self):
+        super().__init__()
+        grey = torch.full((1, 3, 1, 1), 1.0 / 3.0)
+        edges = torch.tensor([[[1., 0., -1.], [2., 0., -2.], [1., 0., -1.]],
+                              [[1., 2., 1.], [0., 0., 0.], [-1., -2., -1.]]]).unsqueeze(1)
+        self.register_buffer("grey", grey)
+        self.register_buffer("edges", edges)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(nn.functional.conv2d(x, self.grey), self.edges, padding=1)
+
+
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                          nn.ReLU(inplace=True))
@@ -30,10 +50,10 @@ class SmallCNN(nn.Module):
 
     out_dim = 256
 
-    def __init__(self):
+    def __init__(self, in_channels: int = 3):
         super().__init__()
         self.layers = nn.Sequential(
-            _conv_block(3, 32), nn.MaxPool2d(2),      # 16 x 16
+            _conv_block(in_channels, 32), nn.MaxPool2d(2),      # 16 x 16
             _conv_block(32, 64), nn.MaxPool2d(2),     # 8 x 8
             _conv_block(64, 128), nn.MaxPool2d(2),    # 4 x 4
             _conv_block(128, 256),
@@ -43,21 +63,30 @@ class SmallCNN(nn.Module):
         return self.layers(x)
 
 
-def resnet18_cifar() -> nn.Module:
+def resnet18_cifar(in_channels: int = 3) -> nn.Module:
     """torchvision's ResNet-18 with the CIFAR stem; (B, 3, 32, 32) -> (B, 512)."""
     net = torchvision.models.resnet18(weights=None)
-    net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     net.out_dim = 512
     return net
 
 
-def build_backbone(arch: str) -> nn.Module:
+class WithSobel(nn.Sequential):
+    """A backbone behind the fixed Sobel filter; keeps the backbone's ``out_dim``."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__(Sobel(), backbone)
+        self.out_dim = backbone.out_dim
+
+
+def build_backbone(arch: str, sobel: bool = False) -> nn.Module:
+    channels = 2 if sobel else 3
     if arch == "small_cnn":
-        net = SmallCNN()
+        net = SmallCNN(channels)
     elif arch == "resnet18":
-        net = resnet18_cifar()
+        net = resnet18_cifar(channels)
     else:
         raise ValueError(f"unknown arch {arch!r}; accepted: {', '.join(ARCHS)}")
     # Reference init: Kaiming-normal (fan_in, ReLU) convolutions, BN weight 1 and bias 0.
@@ -67,7 +96,7 @@ def build_backbone(arch: str) -> nn.Module:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    return net
+    return WithSobel(net) if sobel else net
 
 
 class Neck(nn.Module):
@@ -103,9 +132,9 @@ class ClusterNet(nn.Module):
     """backbone + neck + head. ``forward`` returns (neck features (B, D), logits (B, K))."""
 
     def __init__(self, arch: str, num_clusters: int, hid_dim: int = 512, feat_dim: int = 256,
-                 neck_bn_momentum: float = 0.01):
+                 neck_bn_momentum: float = 0.01, sobel: bool = False):
         super().__init__()
-        self.backbone = build_backbone(arch)
+        self.backbone = build_backbone(arch, sobel)
         self.neck = Neck(self.backbone.out_dim, hid_dim, feat_dim, neck_bn_momentum)
         self.head = Head(feat_dim, num_clusters)
 

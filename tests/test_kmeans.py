@@ -1,5 +1,7 @@
 """Tests of odc_mini.kmeans against independent computations (NumPy / scikit-learn)."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,21 @@ def test_l2_normalize():
     norms = l2_normalize(x).norm(dim=1)
     torch.testing.assert_close(norms, torch.ones(100))
     assert torch.equal(l2_normalize(torch.zeros(2, 3)), torch.zeros(2, 3))
+
+
+def test_blocked_computation_matches_single_block(blobs, monkeypatch):
+    """The row blocking (memory bound) must not change any result."""
+    # importlib, not "import odc_mini.kmeans as km": the package __init__
+    # re-exports the function kmeans, which shadows the submodule attribute.
+    km = importlib.import_module("odc_mini.kmeans")
+    x, _ = blobs
+    c_ref, l_ref = kmeans(x, 8, n_iter=5, seed=3)
+    in_ref = inertia(x, c_ref, l_ref)
+    z_ref = pca_whiten(x, 4)
+    monkeypatch.setattr(km, "_MAX_BLOCK_ELEMS_CPU", 8 * 500)  # 500 rows per block for K=8
+    assert km._rows_per_block(8, x.device) == 500
+    c, labels = kmeans(x, 8, n_iter=5, seed=3)
+    torch.testing.assert_close(c, c_ref)
+    assert torch.equal(labels, l_ref)
+    assert inertia(x, c, labels) == pytest.approx(in_ref, rel=1e-9)
+    torch.testing.assert_close(pca_whiten(x, 4), z_ref, atol=1e-5, rtol=1e-5)
