@@ -28,22 +28,24 @@ PROFILE_ENV = "ODC_PROFILE"
 # Values per profile for the fields that default to None. The ODC reference values (ImageNet)
 # are scaled to CIFAR-10 as in spec §13: K = 100, min_cluster ~ 0.15 N/K, lr linear in batch.
 #
-# The quick profile departs from the reference in three measured ways, because it has only
-# ~800 iterations instead of ~1.1 M (5,000-image subsets, 6 epochs, kNN gain over the random
-# network: reference augmentation +0 pts or worse for both methods; these settings about +3):
+# The quick profile departs from the reference in three ways, because it has ~800 iterations
+# instead of ~1.1 M. With the reference augmentation, on 5,000-image subsets for 6 epochs, both
+# methods ended *below* the random network's kNN accuracy and the head stayed near chance on the
+# pseudo-labels; with the settings below both gained a few points (numbers: the closing note of
+# the core issue, and the book's ablation chapter once it exists).
 # * sobel=True: a random network clusters images by colour, and the reference colour jitter
-#   (saturation 1.0, hue 0.5) makes colour clusters impossible to predict, so the head stays at
-#   chance. DeepCluster's Sobel filter gives clusters of edges, which survive the jitter.
+#   (saturation 1.0, hue 0.5) makes colour clusters impossible to predict. DeepCluster's Sobel
+#   filter makes the clusters about edges, which survive the jitter.
 # * the milder SimCLR-style CIFAR colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.8;
 # * batch 128 with lr 0.1: more, larger steps in the few minutes available.
 # The full profile keeps the reference settings.
 PROFILE_DEFAULTS = {
     "quick": dict(arch="small_cnn", dataset="cifar10", subset=10_000, epochs=10, batch_size=128,
-                  lr=0.1, num_clusters=100, min_cluster=15, snapshot_size=2000, eval_batch_size=1000,
-                  sobel=True, saturation=0.4, hue=0.1, jitter_p=0.8),
+                  lr=0.1, num_clusters=100, min_cluster=15, sobel=True, saturation=0.4, hue=0.1,
+                  jitter_p=0.8, snapshot_size=2000, eval_batch_size=256, eval_interval=2),
     "full": dict(arch="resnet18", dataset="cifar10", subset=None, epochs=100, batch_size=512,
-                 lr=0.06, num_clusters=100, min_cluster=75, snapshot_size=2000, eval_batch_size=1024,
-                 sobel=False, saturation=1.0, hue=0.5, jitter_p=1.0),
+                 lr=0.06, num_clusters=100, min_cluster=75, sobel=False, saturation=1.0, hue=0.5,
+                 jitter_p=1.0, snapshot_size=2000, eval_batch_size=1024, eval_interval=1),
 }
 
 
@@ -97,7 +99,7 @@ class Config:
     # DeepCluster
     pca_dim: int = 128
     # evaluation and recording
-    eval_interval: int = 1           # epochs between kNN evaluations
+    eval_interval: int | None = None  # epochs between kNN evaluations (the last is always measured)
     knn_k: int = 200
     knn_temperature: float = 0.07
     snapshot_size: int | None = None

@@ -6,8 +6,8 @@ Two kinds of questions are asked in this project:
   compare pseudo-labels with the CIFAR-10 classes; ``match_centroids`` and
   ``centroid_drift`` measure how much the clustering moves between epochs.
 * How good are the features?  ``knn_accuracy`` (weighted k-NN, no training)
-  and ``linear_probe`` (logistic regression) on features produced by
-  ``extract_features``.
+  and ``linear_probe`` (logistic regression) on frozen features
+  (``method.embed_images`` extracts them).
 
 Label arrays may be NumPy arrays or torch tensors (any device); feature
 tensors stay on their device.
@@ -22,8 +22,6 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor
 
-from .augment import normalize
-
 __all__ = [
     "nmi",
     "ari",
@@ -32,7 +30,6 @@ __all__ = [
     "centroid_drift",
     "knn_accuracy",
     "linear_probe",
-    "extract_features",
 ]
 
 
@@ -301,53 +298,3 @@ def linear_probe(
     with torch.no_grad():
         pred = F.linear(x_test, weight, bias).argmax(dim=1)
         return float((pred == y_test).float().mean())
-
-
-@torch.no_grad()
-def extract_features(
-    model_fn,
-    images_uint8: Tensor,
-    batch_size: int = 512,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> Tensor:
-    """Run ``model_fn`` over a whole image set, batch by batch, without gradients.
-
-    Args:
-        model_fn: callable (B, 3, H, W) normalised float -> (B, D) features,
-            e.g. a backbone already in ``eval()`` mode (putting it there is the
-            caller's job: this function only sees a callable).
-        images_uint8: (N, 3, H, W) uint8 images, any device (often the CPU).
-        batch_size: images per forward pass.
-        device: where to run the model; default: the images' device.  Each
-            batch is moved there, normalised with ``augment.normalize`` (the
-            same normalisation as training, without random augmentation),
-            and the features are moved back.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        (N, D) float32 features on the images' device.
-    """
-    if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
-        raise ValueError(
-            f"images must be a uint8 (N, 3, H, W) tensor, got {images_uint8.dtype} "
-            f"with shape {tuple(images_uint8.shape)}"
-        )
-    device = images_uint8.device if device is None else torch.device(device)
-    n = images_uint8.shape[0]
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="features", unit="batch")
-
-    out: Tensor | None = None  # allocated once D is known, avoids a torch.cat copy
-    for start in starts:
-        batch = images_uint8[start : start + batch_size].to(device, non_blocking=True)
-        feats = model_fn(normalize(batch))  # (B, D)
-        if out is None:
-            out = torch.empty(n, feats.shape[1], dtype=torch.float32, device=images_uint8.device)
-        out[start : start + feats.shape[0]] = feats.float().to(images_uint8.device)
-    if out is None:
-        raise ValueError("images_uint8 is empty (N = 0)")
-    return out

@@ -12,7 +12,6 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from odc_mini.evaluate import (
     ari,
     centroid_drift,
-    extract_features,
     hungarian_accuracy,
     knn_accuracy,
     linear_probe,
@@ -128,20 +127,20 @@ def test_linear_probe_separable_blobs():
     assert acc == again  # deterministic for a fixed seed
 
 
-def test_extract_features_batches_in_order():
+def test_embed_images_batches_in_order_and_restores_mode():
     from odc_mini.augment import normalize
+    from odc_mini.method import embed_images
+    from odc_mini.models import ClusterNet
 
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (37, 3, 8, 8), generator=g, dtype=torch.uint8)
-    weight = torch.randn(3 * 8 * 8, 5, generator=g)
-
-    def model_fn(batch):
-        assert batch.is_floating_point() and batch.shape[1:] == (3, 8, 8)
-        return (batch.flatten(1) @ weight).double()  # double: checks the float32 cast
-
-    feats = extract_features(model_fn, images, batch_size=10)
-    assert feats.shape == (37, 5) and feats.dtype == torch.float32
-    expected = normalize(images).float().flatten(1) @ weight
-    torch.testing.assert_close(feats, expected, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="uint8"):
-        extract_features(model_fn, images.float())
+    images = torch.randint(0, 256, (37, 3, 32, 32), generator=g, dtype=torch.uint8)
+    model = ClusterNet("small_cnn", 5)
+    model.train()
+    emb = embed_images(model, images, batch_size=10)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        want_h, want_z = model.embed(normalize(images))  # one batch, computed directly
+    assert emb.backbone.shape == (37, 256) and emb.neck.shape == (37, 256)
+    torch.testing.assert_close(emb.backbone, want_h, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(emb.neck, want_z, atol=1e-4, rtol=1e-4)
