@@ -22,7 +22,8 @@ def synthetic_config(method, **kw):
     # 800 points, whitening 128 would blow the noise directions up to the size of the signal.
     values = dict(method=method, profile="quick", dataset="synthetic", subset=800, epochs=10,
                   batch_size=64, lr=0.05, num_clusters=10, min_cluster=10, pca_dim=16,
-                  snapshot_size=200, eval_batch_size=400, device="cpu", seed=0, linear_probe=False)
+                  snapshot_size=200, eval_batch_size=400, eval_interval=1, device="cpu", seed=0,
+                  linear_probe=False)
     values.update(kw)
     return Config(**values)
 
@@ -161,6 +162,8 @@ def test_cli_compare_end_to_end(tmp_path):
     for method in ("odc", "deepcluster"):
         run = load_run(tmp_path / "cmp" / method)
         assert run.config.method == method and run.history.num_epochs == 2
+        # the quick profile measures kNN every 2 epochs (and always at the end)
+        assert np.isnan(run.history.epoch("knn_top1")[1]) and np.isfinite(run.history.epoch("knn_top1")[[0, 2]]).all()
         assert f"{100 * run.history.last('knn_top1'):5.1f}%" in result.stdout
     assert "random init" in result.stdout
 
