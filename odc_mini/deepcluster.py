@@ -69,12 +69,12 @@ class DeepCluster(Method):
         self.centroids = torch.zeros(cfg.num_clusters, cfg.feat_dim, device=images.device)
 
     def setup(self, progress: bool = False) -> None:
-        """Nothing to do: DeepCluster clusters at the start of every epoch."""
-        self._progress = progress
+        """Nothing to cluster yet: DeepCluster clusters at the start of every epoch."""
+        self.progress = progress
 
     def cluster(self, epoch: int) -> None:
         """Steps 1-4 above."""
-        z = self.embed(getattr(self, "_progress", False)).neck
+        z = self.embed().neck
         x = l2_normalize(pca_whiten(z, self.cfg.pca_dim))
         _, labels = kmeans(x, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters,
                            seed=self.cfg.seed + epoch)

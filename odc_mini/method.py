@@ -2,7 +2,7 @@
 
 A method is driven by the training loop (``train.py``) through four calls::
 
-    method.setup()                      # once, before the first epoch
+    method.setup(progress)              # once, before the first epoch
     order = method.epoch_indices(epoch) # (N',) sample indices to visit this epoch
     out = method.train_step(x, idx)     # per batch: dict of 0-d tensors (loss, acc, change_ratio)
     method.pseudo_labels()              # (N,) the current pseudo-label of every sample
@@ -105,13 +105,15 @@ class Method:
         self.optimizer = build_optimizer(model, cfg.lr, cfg.sgd_momentum, cfg.weight_decay)
         self.iteration = 0              # global iteration counter, across epochs
         self.clusters_handled = 0       # small/empty clusters repaired since the last epoch end
+        self.progress = False           # progress bars for whole-dataset feature extraction
 
     @property
     def num_samples(self) -> int:
         return self.images.shape[0]
 
-    def embed(self, progress: bool = False) -> Embedding:
-        return embed_images(self.model, self.images, self.cfg.eval_batch_size, progress,
+    def embed(self) -> Embedding:
+        """Features of every training image (eval mode, no augmentation)."""
+        return embed_images(self.model, self.images, self.cfg.eval_batch_size, self.progress,
                             desc=f"{self.name}: extract")
 
     def sgd_step(self, logits: torch.Tensor, target: torch.Tensor,
@@ -129,7 +131,8 @@ class Method:
             return self.model(x)
 
     # The interface the loop drives; subclasses fill it in.
-    def setup(self) -> None:
+    def setup(self, progress: bool = False) -> None:
+        """Called once before the first epoch."""
         raise NotImplementedError
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:

@@ -32,7 +32,8 @@ class ODC(Method):
 
     def setup(self, progress: bool = False) -> None:
         """Initial clustering: k-means on the L2-normalised neck features of every image."""
-        z = self.embed(progress).neck
+        self.progress = progress
+        z = self.embed().neck
         z = z / (z.norm(dim=1, keepdim=True) + 1e-10)
         _, labels = kmeans(z, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters, seed=self.cfg.seed)
         self.memory.init_memory(z, labels)
