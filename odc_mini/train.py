@@ -26,7 +26,7 @@ from .augment import augment
 from .config import Config
 from .data import ImageSet, load_dataset, stratified_subset
 from .deepcluster import DeepCluster
-from .evaluate import ari, hungarian_accuracy, knn_accuracy, linear_probe, nmi
+from .evaluate import ari, centroid_drift, hungarian_accuracy, knn_accuracy, linear_probe, nmi
 from .history import History
 from .memory import ODCMemory
 from .method import Method, embed_images, recalibrate_batchnorm
@@ -176,7 +176,9 @@ class Recorder:
         if self.previous_labels is not None:
             out["nmi_previous"] = nmi(labels, self.previous_labels)
             out["relabelled"] = float((labels != self.previous_labels).mean())
-            out["drift"] = float((centroids - self.previous_centroids).norm(dim=1).mean())
+            # Ids persist in ODC and are already matched for DeepCluster (label overlap), so no
+            # further matching by distance here.
+            out["drift"] = centroid_drift(self.previous_centroids, centroids, match=False)
         self.previous_labels, self.previous_centroids = labels, centroids
         return out
 
