@@ -106,15 +106,25 @@ class Method:
         self.iteration = 0              # global iteration counter, across epochs
         self.clusters_handled = 0       # small/empty clusters repaired since the last epoch end
         self.progress = False           # progress bars for whole-dataset feature extraction
+        self._embedding: tuple[int, Embedding] | None = None  # (iteration, features) cache
 
     @property
     def num_samples(self) -> int:
         return self.images.shape[0]
 
     def embed(self) -> Embedding:
-        """Features of every training image (eval mode, no augmentation)."""
-        return embed_images(self.model, self.images, self.cfg.eval_batch_size, self.progress,
-                            desc=f"{self.name}: extract")
+        """Features of every training image (eval mode, no augmentation).
+
+        The result is kept until the next training step changes the weights: the evaluation at
+        the end of an epoch and DeepCluster's clustering at the start of the next one (or ODC's
+        initial clustering right after the random-init evaluation) see the same network, so they
+        share one extraction.
+        """
+        if self._embedding is None or self._embedding[0] != self.iteration:
+            features = embed_images(self.model, self.images, self.cfg.eval_batch_size,
+                                    self.progress, desc=f"{self.name}: extract")
+            self._embedding = (self.iteration, features)
+        return self._embedding[1]
 
     def sgd_step(self, logits: torch.Tensor, target: torch.Tensor,
                  weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -155,4 +165,5 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = state["iteration"]
+        self._embedding = None
         self.clusters_handled = state["clusters_handled"]

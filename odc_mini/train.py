@@ -139,7 +139,7 @@ class Recorder:
         """kNN (and linear probe when asked) on frozen backbone features; feature snapshot."""
         cfg, out = self.cfg, {}
         t0 = time.perf_counter()
-        train_emb = embed_images(self.method.model, self.train_set.images, cfg.eval_batch_size)
+        train_emb = self.method.embed()   # shared with the method's next clustering
         test_emb = embed_images(self.method.model, self.test_set.images, cfg.eval_batch_size)
         out["knn_top1"] = knn_accuracy(train_emb.backbone, self.train_set.labels, test_emb.backbone,
                                        self.test_set.labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
