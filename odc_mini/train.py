@@ -16,6 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -183,11 +184,14 @@ class Recorder:
         return out
 
 
-def train(config: Config, progress: bool = True) -> Run:
+def train(config: Config, progress: bool = True,
+          callback: Callable[[History], None] | None = None) -> Run:
     """Train ``config.method`` and record its dynamics. Returns a :class:`Run`.
 
     Row 0 of the per-epoch history is measured before any training step: it is the random-init
     network's kNN/linear accuracy (the baseline) and, for ODC, the initial clustering.
+    ``callback(history)``, if given, is called after every recorded epoch, row 0 included (the
+    book's live dashboard redraws there); it must not modify the history.
     """
     cfg = config.validate()
     device = resolve_device(cfg.device)
@@ -215,6 +219,8 @@ def train(config: Config, progress: bool = True) -> Run:
     row.update(recorder.measure_clusters(0))
     row["wall_seconds"] = time.perf_counter() - start
     history.add_epoch(epoch=0, **row)
+    if callback is not None:
+        callback(history)
 
     iters_per_epoch = len(train_set) // cfg.batch_size    # the last partial batch is dropped
     bar = tqdm(total=cfg.epochs * iters_per_epoch, desc=cfg.method, disable=not progress,
@@ -252,6 +258,8 @@ def train(config: Config, progress: bool = True) -> Run:
         row.update(recorder.measure_clusters(epoch))
         row["wall_seconds"] = time.perf_counter() - start
         history.add_epoch(**row)
+        if callback is not None:
+            callback(history)
     bar.close()
     memory = method.memory if isinstance(method, ODC) else None
     return Run(cfg, history, model, memory)

@@ -1,0 +1,123 @@
+"""What every chapter of the book needs before its first real cell: where it runs, where the data
+is, which profile and device to use, and a way to put computed numbers into the prose.
+
+    from odc_mini import notebook as nbk
+    env = nbk.setup()                    # prints one line: profile, device, data, run cache
+    cfg = env.config("odc")              # the chapter's Config, profile and data filled in
+    nbk.glue("knn", 0.414, "{:.1%}")     # the prose says {glue:text}`knn`
+
+The profile comes from ``$ODC_PROFILE`` (default ``quick``); set it before ``setup()``, or pass
+``profile=``. In Colab, CIFAR-10 is downloaded through torchvision on first use; elsewhere it is read
+from the nearest ``data/cifar10.npz`` (``$ODC_DATA``, then ``./data`` and the folders above).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .cache import default_cache_dir
+from .config import Config, default_profile
+from .data import DATA_ENV, NPZ_NAME
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def find_data_root(start: str | Path | None = None) -> Path | None:
+    """``$ODC_DATA`` if set, else the first ``data/`` holding ``cifar10.npz`` in ``start`` (the cwd)
+    or a folder above it — chapters run in ``book/``, the data sits in the project's ``data/``."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "data" / NPZ_NAME).is_file():
+            return folder / "data"
+    return None
+
+
+@dataclass
+class Environment:
+    profile: str
+    device: str
+    data_root: str | None
+    download: bool
+    cache_dir: Path
+
+    def config(self, method: str = "odc", **overrides) -> Config:
+        """A validated Config for ``method`` in this environment; ``overrides`` as in Config."""
+        values = dict(profile=self.profile, device=self.device, data_root=self.data_root,
+                      download=self.download)
+        values.update(overrides)
+        return Config(method=method, **values).validate()
+
+    def describe(self) -> str:
+        data = self.data_root or ("downloaded with torchvision" if self.download else "not found")
+        return (f"profile {self.profile} · device {self.device} · data {data} · "
+                f"run cache {self.cache_dir}")
+
+
+def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Environment:
+    """Seed, pick profile and device, find the data, set readable matplotlib defaults."""
+    import matplotlib as mpl
+
+    torch.manual_seed(seed)
+    profile = profile or default_profile()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    root = find_data_root()
+    # Without a local copy, download (Colab, or a reader with internet); load_dataset says
+    # clearly where it looked if that fails offline.
+    env = Environment(profile, device, str(root) if root else None, root is None, default_cache_dir())
+    mpl.rcParams.update({"figure.dpi": 96, "savefig.dpi": 96, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False, "font.size": 10})
+    if not quiet:
+        print(env.describe())
+    return env
+
+
+def glue(name: str, value, fmt: str | None = None):
+    """Make ``value`` available to the prose as ``{glue:text}`name```; returns ``value``.
+
+    With ``fmt`` (e.g. ``"{:.1%}"``) the formatted string is glued, so the page shows exactly that.
+    Outside a Jupyter Book build (Colab, JupyterLab without myst-nb) the value is printed instead,
+    so the reader still sees every number the prose refers to.
+    """
+    shown = _Text(fmt.format(value)) if fmt else value
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        print(f"{name} = {shown}")
+    else:
+        myst_glue(name, shown, display=False)
+    return value
+
+
+class _Text:
+    """A pre-formatted number whose text/plain form has no quotes (a str's repr would)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+def show_source(obj, lines: tuple[int, int] | None = None):
+    """Display the package's own source of ``obj`` (a function, class or method), highlighted,
+    so the book explains the code that runs rather than a re-typed copy of it. ``lines`` keeps
+    only that 1-based, inclusive range of the source's lines."""
+    import inspect
+
+    from IPython.display import Code
+
+    source = inspect.getsource(obj)
+    if lines is not None:
+        source = "\n".join(source.splitlines()[lines[0] - 1:lines[1]])
+    return Code(source, language="python")

@@ -1,0 +1,399 @@
+"""Figures and widgets over run histories: what the book draws.
+
+Everything takes :class:`~odc_mini.history.History` objects (a live run's or a loaded one's), so a
+chapter draws the same figure while a run trains and when it replays a saved run.
+
+* curves: :func:`plot_epoch_metric`, :func:`plot_iteration_metric`, :func:`plot_cluster_sizes`,
+  :func:`dashboard_figure` (the six panels the book compares methods with);
+* widgets: :class:`LiveDashboard` (redrawn after every epoch while training), :func:`replay`
+  and :func:`scrubber` (an epoch slider);
+* embeddings: :func:`embed_2d` (UMAP or PCA, one reducer for every epoch), :func:`embedding_scrubber`;
+* labels over time: :func:`label_changes`, :func:`plot_label_changes`;
+* images: :func:`image_grid`, :func:`cluster_gallery`.
+
+**Widgets on the static site.** The built book runs no Python, so a slider cannot redraw a
+figure there. :func:`scrubber` therefore renders every frame up front as a PNG, puts the frames
+in an ``ipywidgets.Stack`` and ties the slider to the stack with ``jslink`` — a link that runs in
+the browser. The saved widget state holds the frames, and the slider works on the page as it
+does in JupyterLab or Colab.
+"""
+from __future__ import annotations
+
+import io
+from typing import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .history import History
+
+COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "random": "#7f7f7f"}
+NAMES = {"odc": "ODC", "deepcluster": "DeepCluster"}
+
+Histories = Mapping[str, History]
+
+
+def method_of(history: History) -> str:
+    return history.meta.get("config", {}).get("method", "run")
+
+
+def _as_dict(histories: History | Sequence[History] | Histories) -> dict[str, History]:
+    """Accept one history, a list (named by method) or a name -> history mapping."""
+    if isinstance(histories, History):
+        histories = [histories]
+    if isinstance(histories, Mapping):
+        return dict(histories)
+    return {NAMES.get(method_of(h), method_of(h)): h for h in histories}
+
+
+def _color(name: str, history: History) -> str | None:
+    return COLORS.get(method_of(history))
+
+
+def _label(name: str) -> str:
+    """Display name: "odc" -> "ODC"; other names as given."""
+    return NAMES.get(name, name)
+
+
+def figure_png(fig, close: bool = True) -> bytes:
+    """The figure as PNG bytes (and closed, so notebooks do not also show it)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    if close:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average, NaN-aware, same length as ``values``."""
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or len(values) == 0:
+        return values
+    ok = ~np.isnan(values)
+    sums = np.convolve(np.where(ok, values, 0.0), np.ones(window), mode="full")[:len(values)]
+    counts = np.convolve(ok.astype(float), np.ones(window), mode="full")[:len(values)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
+
+
+# ---------------------------------------------------------------------------------- curves
+def plot_epoch_metric(histories, key: str, ax=None, upto: float | None = None, baseline: bool = False,
+                      ylabel: str | None = None, percent: bool = False):
+    """One per-epoch column per run against the epoch (row 0 = before training).
+    ``baseline`` draws row 0 of the first run as a dashed "random init" line."""
+    ax = ax or plt.gca()
+    scale = 100.0 if percent else 1.0
+    for name, h in _as_dict(histories).items():
+        values = h.epoch(key) * scale
+        epochs = np.arange(len(values))
+        keep = ~np.isnan(values) & (epochs <= (np.inf if upto is None else upto))
+        ax.plot(epochs[keep], values[keep], "o-", ms=3, label=_label(name), color=_color(name, h))
+    if baseline:
+        first = next(iter(_as_dict(histories).values()))
+        ax.axhline(first.epoch(key)[0] * scale, ls="--", color=COLORS["random"], lw=1, label="random init")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or key)
+    return ax
+
+
+def plot_iteration_metric(histories, key: str, ax=None, window: int = 20, upto: float | None = None,
+                          ylabel: str | None = None):
+    """A per-iteration column against (fractional) epochs, smoothed over ``window`` iterations."""
+    ax = ax or plt.gca()
+    for name, h in _as_dict(histories).items():
+        x, y = h.iteration("epoch"), smooth(h.iteration(key), window)
+        keep = x <= (np.inf if upto is None else upto)
+        ax.plot(x[keep], y[keep], lw=1.2, label=_label(name), color=_color(name, h))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or key)
+    return ax
+
+
+def plot_cluster_sizes(histories, epoch: int | None = None, ax=None, min_cluster: bool = True):
+    """Cluster sizes at ``epoch`` (default: the last), sorted from largest to smallest — a flat
+    line is a balanced clustering; a steep head and a long tail of tiny clusters is not."""
+    ax = ax or plt.gca()
+    hs = _as_dict(histories)
+    for name, h in hs.items():
+        e = h.num_epochs if epoch is None else epoch
+        if f"sizes/{e}" not in h.arrays:
+            continue
+        sizes = np.sort(h.sizes(e))[::-1]
+        ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1.5, label=_label(name), color=_color(name, h))
+    if min_cluster:
+        cfg = next(iter(hs.values())).meta.get("config", {})
+        if cfg.get("min_cluster"):
+            ax.axhline(cfg["min_cluster"], ls=":", color="k", lw=1, label="min_cluster")
+    ax.set_yscale("log")
+    ax.set_xlabel("cluster rank (largest first)")
+    ax.set_ylabel("images in cluster")
+    return ax
+
+
+def dashboard_figure(histories, upto: int | None = None, title: str | None = None):
+    """Six panels: loss and label churn per iteration; NMI(t-1, t), centroid drift and kNN
+    accuracy per epoch; cluster sizes at epoch ``upto``. With ``upto`` the curves stop at that
+    epoch but the axes keep the whole run's range, so replayed frames do not jump."""
+    hs = _as_dict(histories)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.6))
+    (a, b, c), (d, e, f) = axes
+    plot_iteration_metric(hs, "loss", a, upto=upto, ylabel="training loss")
+    plot_iteration_metric(hs, "change_ratio", b, upto=upto, ylabel="labels changed per batch")
+    plot_epoch_metric(hs, "nmi_previous", c, upto=upto, ylabel="NMI(labels t-1, labels t)")
+    plot_epoch_metric(hs, "drift", d, upto=upto, ylabel="centroid drift (1 - cosine)")
+    plot_epoch_metric(hs, "knn_top1", e, upto=upto, baseline=True, percent=True, ylabel="kNN top-1 (%)")
+    last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
+    plot_cluster_sizes(hs, last, f)
+    f.set_title(f"cluster sizes at epoch {last}", fontsize=10)
+    # fix every x range to the whole run, and y ranges where the full data are known
+    total = max(h.num_epochs for h in hs.values())
+    for ax in (a, b, c, d, e):
+        ax.set_xlim(-0.2, total + 0.2)
+    for ax, key, it in ((a, "loss", True), (b, "change_ratio", True), (c, "nmi_previous", False),
+                        (d, "drift", False), (e, "knn_top1", False)):
+        vals = np.concatenate([smooth(h.iteration(key), 20) if it else h.epoch(key) * (100 if key == "knn_top1" else 1)
+                               for h in hs.values()])
+        vals = vals[np.isfinite(vals)]
+        if len(vals):
+            lo, hi = vals.min(), vals.max()
+            pad = 0.08 * (hi - lo or 1.0)
+            ax.set_ylim(lo - pad, hi + pad)
+    a.legend(loc="upper right", fontsize=9)
+    e.legend(loc="lower right", fontsize=8)
+    f.legend(loc="upper right", fontsize=8)
+    fig.suptitle(title or (f"epoch {upto}" if upto is not None else "training dynamics"), fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------- widgets
+def scrubber(frames: Sequence[bytes], labels: Sequence, description: str = "epoch",
+             play_interval_ms: int = 900, width: str = "100%"):
+    """A slider (and a play button) over pre-rendered PNG frames.
+
+    The frames sit in an ``ipywidgets.Stack``; the slider's index is tied to the stack with
+    ``jslink``, so moving it needs no Python and works on the static book page too.
+    """
+    import ipywidgets as w
+
+    if len(frames) != len(labels) or not frames:
+        raise ValueError(f"scrubber needs one label per frame and at least one frame; got "
+                         f"{len(frames)} frames and {len(labels)} labels")
+    images = [w.Image(value=f, format="png", layout=w.Layout(width=width, height="auto"))
+              for f in frames]
+    stack = w.Stack(images, selected_index=len(images) - 1)
+    slider = w.SelectionSlider(options=[str(l) for l in labels], index=len(images) - 1,
+                               description=description, continuous_update=True,
+                               layout=w.Layout(width="60%"))
+    play = w.Play(value=len(images) - 1, min=0, max=len(images) - 1, interval=play_interval_ms)
+    w.jslink((slider, "index"), (stack, "selected_index"))
+    w.jslink((play, "value"), (slider, "index"))
+    return w.VBox([w.HBox([play, slider]), stack])
+
+
+def replay(histories, epochs: Sequence[int] | None = None, title: str = "epoch {epoch}"):
+    """The dashboard at every epoch of saved runs, behind an epoch slider."""
+    hs = _as_dict(histories)
+    total = min(h.num_epochs for h in hs.values())
+    epochs = list(range(total + 1)) if epochs is None else list(epochs)
+    frames = [figure_png(dashboard_figure(hs, upto=e, title=title.format(epoch=e))) for e in epochs]
+    return scrubber(frames, epochs)
+
+
+class LiveDashboard:
+    """The dashboard as a widget that redraws after every epoch of one or more training runs.
+
+        dash = LiveDashboard(); display(dash.widget)
+        run = train(cfg, callback=dash.callback("ODC"))
+
+    When the runs come from the cache (nothing trains), call :meth:`show` with their histories.
+    """
+
+    def __init__(self):
+        import ipywidgets as w
+        self.widget = w.Image(format="png", layout=w.Layout(width="100%", height="auto"))
+        self.histories: dict[str, History] = {}
+
+    def callback(self, name: str) -> Callable[[History], None]:
+        def update(history: History) -> None:
+            self.histories[name] = history
+            self.redraw()
+        return update
+
+    def show(self, histories) -> "LiveDashboard":
+        self.histories.update(_as_dict(histories))
+        self.redraw()
+        return self
+
+    def redraw(self) -> None:
+        hs = {n: h for n, h in self.histories.items() if h.num_epochs >= 1}
+        if not hs:
+            return
+        title = " · ".join(f"{n}: epoch {h.num_epochs}" for n, h in hs.items())
+        # While a run trains, its last epoch is still to come: draw up to where each run is.
+        self.widget.value = figure_png(dashboard_figure(hs, upto=max(h.num_epochs for h in hs.values()),
+                                                        title=title))
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+# ---------------------------------------------------------------------------------- embeddings
+def embed_2d(features: Sequence[np.ndarray], method: str = "umap", seed: int = 0,
+             n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int = 200) -> list[np.ndarray]:
+    """2-D coordinates for several feature sets of the same images (e.g. one per epoch), from
+    **one** reducer fitted once on all of them together, so that a point's position means the
+    same thing in every frame and movement between frames is movement of the features.
+
+    ``method``: ``"umap"`` (umap-learn; its first call in a process spends ~20-30 s compiling)
+    or ``"pca"`` (instant, linear).
+    """
+    if method not in ("umap", "pca"):
+        raise ValueError(f"unknown embedding method {method!r}; accepted: umap, pca")
+    sizes = [len(f) for f in features]
+    stacked = np.concatenate([np.asarray(f, dtype=np.float32) for f in features])
+    if method == "pca":
+        from sklearn.decomposition import PCA
+        coords = PCA(2, random_state=seed).fit_transform(stacked)
+    else:
+        import umap
+        coords = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
+                           metric="cosine", random_state=seed).fit_transform(stacked)
+    return np.split(coords.astype(np.float32), np.cumsum(sizes)[:-1])
+
+
+def snapshot_embeddings(history: History, method: str = "umap", seed: int = 0) -> dict[int, np.ndarray]:
+    """{epoch: (S, 2)} for every feature snapshot of a run, via :func:`embed_2d`."""
+    epochs = history.snapshot_epochs
+    coords = embed_2d([history.snapshot(e)[0] for e in epochs], method=method, seed=seed)
+    return dict(zip(epochs, coords))
+
+
+def _scatter(ax, xy, colors, cmap, vmax, title, lims):
+    ax.scatter(xy[:, 0], xy[:, 1], c=colors, cmap=cmap, vmin=0, vmax=vmax, s=3, lw=0, rasterized=True)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(*lims[0])
+    ax.set_ylim(*lims[1])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def _limits(coords: Sequence[np.ndarray]):
+    allxy = np.concatenate(coords)
+    lo, hi = np.percentile(allxy, 0.5, axis=0), np.percentile(allxy, 99.5, axis=0)
+    pad = 0.05 * (hi - lo)
+    return (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
+
+
+def embedding_figure(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]], epoch: int):
+    """One row per run: the snapshot images at ``epoch`` coloured by pseudo-label (left) and by
+    true class (right)."""
+    hs = _as_dict(histories)
+    fig, axes = plt.subplots(len(hs), 2, figsize=(9, 4.3 * len(hs)), squeeze=False)
+    class_cmap = plt.get_cmap("tab10")
+    for row, (name, h) in enumerate(hs.items()):
+        coords = embeddings[name]
+        lims = _limits(list(coords.values()))
+        xy = coords[epoch]
+        _, labels = h.snapshot(epoch)
+        k = h.meta.get("config", {}).get("num_clusters", int(labels.max()) + 1)
+        # ids scrambled so neighbouring ids get unrelated colours
+        scramble = np.random.default_rng(0).permutation(max(k, int(labels.max()) + 1))
+        _scatter(axes[row, 0], xy, scramble[labels], "gist_ncar", k, f"{_label(name)}: pseudo-labels (K={k})", lims)
+        _scatter(axes[row, 1], xy, h.arrays["snapshot_targets"], class_cmap, 9.5,
+                 f"{_label(name)}: true classes", lims)
+    classes = next(iter(hs.values())).meta.get("classes", [])
+    if classes:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=class_cmap(i), label=c)
+                   for i, c in enumerate(classes)]
+        fig.legend(handles=handles, loc="center left", fontsize=8, frameon=False,
+                   bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"epoch {epoch}", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_scrubber(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]]):
+    """:func:`embedding_figure` at every snapshot epoch the runs share, runs in lock-step."""
+    hs = _as_dict(histories)
+    epochs = sorted(set.intersection(*(set(embeddings[n]) for n in hs)))
+    frames = [figure_png(embedding_figure(hs, embeddings, e)) for e in epochs]
+    return scrubber(frames, epochs)
+
+
+# ---------------------------------------------------------------------------------- label changes
+def label_changes(history: History) -> np.ndarray:
+    """(N, E) bool: did image i's pseudo-label at the end of epoch e differ from epoch e - 1?
+    Epochs without a recorded label bank (DeepCluster's epoch 0) are skipped."""
+    epochs = [e for e in range(history.num_epochs + 1) if f"labels/{e}" in history.arrays]
+    banks = np.stack([history.labels(e) for e in epochs], axis=1)
+    return banks[:, 1:] != banks[:, :-1]
+
+
+def plot_label_changes(histories, sample: int = 400, seed: int = 0, axes=None):
+    """For a random sample of images (rows, sorted by how often they moved), which epochs moved
+    them to another cluster (dark cells). Same images for every run."""
+    hs = _as_dict(histories)
+    if axes is None:
+        _, axes = plt.subplots(1, len(hs), figsize=(5 * len(hs), 4), squeeze=False)
+        axes = axes[0]
+    for ax, (name, h) in zip(axes, hs.items()):
+        changes = label_changes(h)
+        rows = np.random.default_rng(seed).choice(len(changes), min(sample, len(changes)), replace=False)
+        block = changes[rows]
+        block = block[np.argsort(-block.sum(1), kind="stable")]
+        ax.imshow(block, aspect="auto", cmap="Greys", interpolation="nearest",
+                  extent=(0.5, block.shape[1] + 0.5, len(block), 0))
+        ax.set_title(f"{_label(name)}: {block.mean():.0%} of label slots changed", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("images (most-moved first)")
+        ax.grid(False)
+    return axes
+
+
+# ---------------------------------------------------------------------------------- images
+def image_grid(images, ax=None, nrow: int | None = None, titles: Sequence[str] | None = None):
+    """uint8 images (n, 3, H, W) (numpy or torch) tiled into one picture."""
+    images = np.asarray(images.cpu() if hasattr(images, "cpu") else images)
+    n, _, hgt, wid = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    canvas = np.full((nrow * (hgt + 2), ncol * (wid + 2), 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        canvas[r * (hgt + 2):r * (hgt + 2) + hgt, c * (wid + 2):c * (wid + 2) + wid] = images[i].transpose(1, 2, 0)
+    ax = ax or plt.gca()
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if titles is not None:
+        ax.set_title(" · ".join(titles), fontsize=9)
+    return ax
+
+
+def cluster_gallery(images, labels, clusters: Sequence[int], per_cluster: int = 10, seed: int = 0,
+                    class_names: Sequence[str] | None = None, targets=None):
+    """One row of ``per_cluster`` random member images per cluster id; the row title gives the
+    cluster size and, with ``targets``, its most common true class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(clusters), 1, figsize=(per_cluster * 0.75, 0.95 * len(clusters)),
+                             squeeze=False)
+    for ax, k in zip(axes[:, 0], clusters):
+        members = np.flatnonzero(labels == k)
+        pick = rng.choice(members, min(per_cluster, len(members)), replace=False) if len(members) else []
+        title = f"cluster {k}: {len(members)} images"
+        if targets is not None and len(members):
+            counts = np.bincount(np.asarray(targets)[members])
+            top = int(counts.argmax())
+            name = class_names[top] if class_names is not None else str(top)
+            title += f", {counts[top] / len(members):.0%} {name}"
+        if len(pick):
+            image_grid(np.asarray(images)[pick] if not hasattr(images, "cpu") else images[pick], ax, nrow=1)
+        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+        ax.axis("on")
+    fig.tight_layout()
+    return fig

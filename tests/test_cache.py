@@ -1,0 +1,81 @@
+"""The run cache: a run is trained once per config and version, reused after, retrained when stale."""
+import json
+
+import numpy as np
+import pytest
+
+import odc_mini
+from odc_mini import cache
+from odc_mini.cache import cache_path, cache_status, cached_run
+
+
+def tiny(method="odc", **kw):
+    values = dict(method=method, profile="quick", dataset="synthetic", subset=200, epochs=2,
+                  batch_size=50, num_clusters=5, min_cluster=2, pca_dim=8, snapshot_size=50,
+                  eval_batch_size=200, eval_interval=1, device="cpu", linear_probe=False)
+    values.update(kw)
+    return odc_mini.Config(**values)
+
+
+def forbid_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache trained a run it should have loaded")
+    monkeypatch.setattr(cache, "train", fail)
+
+
+def test_second_call_loads_instead_of_training(tmp_path, monkeypatch):
+    first = cached_run(tiny(), tmp_path, progress=False)
+    assert cache_status(tiny(), tmp_path) == "fresh"
+    forbid_training(monkeypatch)
+    second = cached_run(tiny(), tmp_path, progress=False)
+    np.testing.assert_array_equal(first.history.iteration("loss"), second.history.iteration("loss"))
+    np.testing.assert_array_equal(first.memory.labels.numpy(), second.memory.labels.numpy())
+    for key, value in first.model.state_dict().items():
+        assert np.array_equal(value.numpy(), second.model.state_dict()[key].numpy()), key
+
+
+def test_where_the_data_lives_is_not_part_of_the_key(tmp_path):
+    assert cache_path(tiny(data_root="/a"), tmp_path) == cache_path(tiny(data_root="/b"), tmp_path)
+    assert cache_path(tiny(), tmp_path) != cache_path(tiny(momentum=0.3), tmp_path)
+    assert cache_path(tiny(), tmp_path) != cache_path(tiny(method="deepcluster"), tmp_path)
+
+
+def test_another_version_makes_the_run_stale_and_it_is_retrained(tmp_path, monkeypatch):
+    cached_run(tiny(), tmp_path, progress=False)
+    monkeypatch.setattr(cache, "__version__", "999.0")
+    assert cache_status(tiny(), tmp_path) == "stale"
+    calls = []
+    real_train = cache.train
+    monkeypatch.setattr(cache, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    cached_run(tiny(), tmp_path, progress=False)
+    assert calls == [1]
+    stored = json.loads((cache_path(tiny(), tmp_path) / cache.KEY_FILE).read_text())
+    assert stored["version"] == "999.0" and cache_status(tiny(), tmp_path) == "fresh"
+
+
+def test_a_changed_key_file_is_stale(tmp_path):
+    cached_run(tiny(), tmp_path, progress=False)
+    key_file = cache_path(tiny(), tmp_path) / cache.KEY_FILE
+    key = json.loads(key_file.read_text())
+    key["config"]["lr"] = 123.0
+    key_file.write_text(json.dumps(key))
+    assert cache_status(tiny(), tmp_path) == "stale"
+    key_file.write_text("{not json")
+    assert cache_status(tiny(), tmp_path) == "stale"
+
+
+def test_an_interrupted_training_leaves_no_cached_run(tmp_path):
+    def interrupt(history):
+        if history.num_epochs == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        cached_run(tiny(), tmp_path, progress=False, callback=interrupt)
+    assert cache_status(tiny(), tmp_path) == "missing"
+
+
+def test_callback_sees_every_epoch_as_it_is_recorded(tmp_path):
+    seen = []
+    cached_run(tiny(epochs=3), tmp_path, progress=False,
+               callback=lambda h: seen.append((h.num_epochs, h.last("loss"))))
+    assert [n for n, _ in seen] == [0, 1, 2, 3]
+    assert np.isnan(seen[0][1]) and all(np.isfinite(loss) for _, loss in seen[1:])

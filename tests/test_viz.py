@@ -1,0 +1,132 @@
+"""The book's figure and widget functions, checked against direct computations."""
+import matplotlib
+
+matplotlib.use("Agg")
+import ipywidgets as w  # noqa: E402
+from ipywidgets.widgets.widget import _instances  # noqa: E402
+from ipywidgets.widgets.widget_link import Link  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from odc_mini import notebook, viz  # noqa: E402
+from odc_mini.history import History  # noqa: E402
+
+
+def fake_history(method="odc", epochs=4, n=60, k=6, seed=0):
+    """A hand-made history: labels follow a known schedule, so label changes are known."""
+    rng = np.random.default_rng(seed)
+    h = History({"config": {"method": method, "num_clusters": k, "min_cluster": 3},
+                 "classes": [f"c{i}" for i in range(3)]})
+    labels = rng.integers(0, k, n)
+    h.set_array("snapshot_targets", rng.integers(0, 3, 20).astype(np.int16))
+    for e in range(epochs + 1):
+        if e:
+            labels = labels.copy()
+            labels[:e * 5] = (labels[:e * 5] + 1) % k          # the first 5e images move at epoch e
+            h.add_iterations(loss=rng.random(10), change_ratio=rng.random(10), acc=rng.random(10),
+                             epoch=e - 1 + np.arange(1, 11) / 10, lr=np.full(10, 0.1))
+        h.set_array(f"labels/{e}", labels.astype(np.int16))
+        h.set_array(f"sizes/{e}", np.bincount(labels, minlength=k))
+        h.set_array(f"snapshot_features/{e}", rng.normal(size=(20, 8)).astype(np.float16))
+        h.set_array(f"snapshot_labels/{e}", labels[:20].astype(np.int16))
+        h.add_epoch(epoch=e, knn_top1=0.3 + 0.01 * e, nmi_previous=0.5 if e else np.nan,
+                    drift=0.1 if e else np.nan, loss=np.nan if e == 0 else 1.0)
+    return h
+
+
+def test_smooth_is_a_trailing_mean_that_skips_nans():
+    x = np.array([1.0, 2.0, np.nan, 4.0, 5.0])
+    expected = [1.0, 1.5, 2.0, 4.0, 4.5]        # means of the finite values among the last 2
+    np.testing.assert_allclose(viz.smooth(x, 2), expected)
+    np.testing.assert_array_equal(viz.smooth(x, 1), x)
+
+
+def test_label_changes_match_a_direct_comparison():
+    h = fake_history(epochs=4, n=60)
+    changes = viz.label_changes(h)
+    assert changes.shape == (60, 4)
+    for e in range(1, 5):
+        direct = h.labels(e) != h.labels(e - 1)
+        np.testing.assert_array_equal(changes[:, e - 1], direct)
+        assert direct.sum() == 5 * e                           # what fake_history moved
+
+
+def test_label_changes_skip_epochs_without_labels():
+    h = fake_history(method="deepcluster", epochs=3)
+    del h.arrays["labels/0"]                                   # DeepCluster has none before epoch 1
+    assert viz.label_changes(h).shape[1] == 2
+
+
+def test_pca_embedding_is_one_reducer_for_all_epochs():
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 2.0]
+    got = viz.embed_2d(parts, method="pca")
+    whole = PCA(2, random_state=0).fit_transform(np.concatenate(parts).astype(np.float32))
+    np.testing.assert_allclose(np.concatenate(got), whole, rtol=1e-4, atol=1e-4)
+    assert [g.shape for g in got] == [(30, 2), (30, 2)]
+    with pytest.raises(ValueError, match="unknown embedding method 'tsne'; accepted: umap, pca"):
+        viz.embed_2d(parts, method="tsne")
+
+
+def test_scrubber_links_slider_play_and_frames_in_the_browser():
+    frames = [viz.figure_png(matplotlib.pyplot.figure()) for _ in range(3)]
+    box = viz.scrubber(frames, [0, 5, 10])
+    controls, stack = box.children
+    play, slider = controls.children
+    assert isinstance(stack, w.Stack) and [c.value for c in stack.children] == frames
+    assert list(slider.options) == ["0", "5", "10"] and stack.selected_index == 2
+    links = [m for m in _instances.values() if isinstance(m, Link)]
+    pairs = {(l.source[0].model_id, l.source[1], l.target[0].model_id, l.target[1]) for l in links}
+    assert (slider.model_id, "index", stack.model_id, "selected_index") in pairs
+    assert (play.model_id, "value", slider.model_id, "index") in pairs
+    with pytest.raises(ValueError, match="one label per frame"):
+        viz.scrubber(frames, [0, 1])
+
+
+def test_replay_has_one_frame_per_epoch_and_dashboard_has_six_panels():
+    hs = {"odc": fake_history("odc"), "deepcluster": fake_history("deepcluster", seed=1)}
+    fig = viz.dashboard_figure(hs, upto=2)
+    assert len(fig.axes) == 6
+    matplotlib.pyplot.close(fig)
+    stack = viz.replay(hs).children[1]
+    assert len(stack.children) == 5                             # epochs 0..4
+    assert all(c.value[:8] == b"\x89PNG\r\n\x1a\n" for c in stack.children)
+
+
+def test_live_dashboard_redraws_on_every_callback():
+    dash = viz.LiveDashboard()
+    update = dash.callback("ODC")
+    h = fake_history(epochs=2)
+    update(h)
+    first = dash.widget.value
+    h.add_epoch(epoch=3, knn_top1=0.9, nmi_previous=0.9, drift=0.01, loss=0.5)
+    h.add_iterations(loss=np.ones(10), change_ratio=np.ones(10), acc=np.ones(10),
+                     epoch=2 + np.arange(1, 11) / 10, lr=np.full(10, 0.1))
+    for key in ("labels", "sizes"):
+        h.set_array(f"{key}/3", h.arrays[f"{key}/2"])
+    update(h)
+    assert first[:4] == b"\x89PNG" and dash.widget.value != first
+
+
+def test_glue_prints_outside_a_book_build(monkeypatch, capsys):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_myst(name, *args, **kwargs):
+        if name == "myst_nb":
+            raise ImportError
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_myst)
+    assert notebook.glue("acc", 0.4137, "{:.1%}") == 0.4137
+    assert capsys.readouterr().out.strip() == "acc = 41.4%"
+
+
+def test_find_data_root_walks_up_to_the_project_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("ODC_DATA", raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cifar10.npz").write_bytes(b"")
+    (tmp_path / "book").mkdir()
+    assert notebook.find_data_root(tmp_path / "book") == tmp_path / "data"
+    monkeypatch.setenv("ODC_DATA", "/somewhere")
+    assert str(notebook.find_data_root(tmp_path / "book")) == "/somewhere"
