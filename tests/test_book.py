@@ -345,3 +345,28 @@ def test_browser_finds_every_local_file(rendered, page):
     missing = [path for path, code in rendered_page(rendered, page)["served"]
                if code == 404 and not path.startswith("/favicon.ico")]
     assert not missing, f"{page}: the server answered 404 for {missing}"
+
+
+def widget_state(html: str) -> dict:
+    """The widget models saved in a page (myst-nb embeds them as widget-state JSON)."""
+    soup = BeautifulSoup(html, "html.parser")
+    models = {}
+    for tag in soup.find_all("script", type="application/vnd.jupyter.widget-state+json"):
+        models.update(json.loads(tag.string or "{}").get("state", {}))
+    return models
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_sliders_switch_frames_without_python(built_book, page):
+    """On the static page a slider can only work through a browser-side link: every frame stack
+    (viz.scrubber) must be the target of a LinkModel, and hold one image per frame."""
+    models = widget_state(page_html(built_book, page))
+    stacks = {mid: m for mid, m in models.items() if m["model_name"] == "StackModel"}
+    if not stacks:
+        pytest.skip(f"{page} has no frame stacks")
+    linked = {m["state"]["target"][0].removeprefix("IPY_MODEL_")
+              for m in models.values() if m["model_name"] == "LinkModel"}
+    for mid, stack in stacks.items():
+        assert mid in linked, f"{page}: a frame stack is not linked to a slider"
+        children = [c.removeprefix("IPY_MODEL_") for c in stack["state"]["children"]]
+        assert children and all(models[c]["model_name"] == "ImageModel" for c in children)
