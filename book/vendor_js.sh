@@ -12,7 +12,7 @@ HTML_MANAGER=@jupyter-widgets/html-manager@1.0.6
 book="$(cd "$(dirname "$0")" && pwd)"
 vendor="$book/_vendor"
 stamp="$vendor/VERSIONS.txt"   # written last: its presence means complete
-want="$MATHJAX $REQUIREJS $HTML_MANAGER"
+want="$MATHJAX $REQUIREJS $HTML_MANAGER fonts-at-@jupyter-widgets"   # the last word: layout version
 
 if [ "${VENDOR_FORCE:-0}" != 1 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -49,6 +49,10 @@ cp "$rq/require.js" "$new/require.js"
 # so the font URLs it computes from data-jupyter-widgets-cdn resolve.
 (cd "$hm/dist" && find . -type f ! -name '*.map' ! -name 'embed.js' ! -name 'libembed-amd.js' \
    -exec cp --parents {} "$new/@jupyter-widgets/html-manager/dist/" \;)
+# Its icon fonts (the Play widget's buttons) are requested from <root>/@jupyter-widgets/<hash>.*,
+# one folder above dist/, whatever the CDN setting: put a copy there too (~1 MB).
+find "$hm/dist" -maxdepth 1 -type f \( -name '*.woff' -o -name '*.woff2' -o -name '*.ttf' \
+   -o -name '*.eot' -o -name '*.svg' \) -exec cp {} "$new/@jupyter-widgets/" \;
 
 echo "$want" > "$new/VERSIONS.txt"
 rm -rf "$vendor"

@@ -73,6 +73,13 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
     # Without a local copy, download (Colab, or a reader with internet); load_dataset says
     # clearly where it looked if that fails offline.
     env = Environment(profile, device, str(root) if root else None, root is None, default_cache_dir())
+    try:  # figures inline in a kernel even when MPLBACKEND=Agg is set (the book build, tests)
+        from IPython import get_ipython
+        shell = get_ipython()
+        if shell is not None and hasattr(shell, "kernel"):
+            shell.run_line_magic("matplotlib", "inline")
+    except ImportError:
+        pass
     mpl.rcParams.update({"figure.dpi": 96, "savefig.dpi": 96, "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False, "font.size": 10})
     if not quiet:
@@ -98,15 +105,18 @@ def glue(name: str, value, fmt: str | None = None):
 
 
 class _Text:
-    """A pre-formatted number whose text/plain form has no quotes (a str's repr would)."""
+    """A pre-formatted number for ``{glue:text}``. myst-nb reads a glued text/plain value back
+    with ``ast.literal_eval``, which would turn "10,000" into the tuple (10, 0) and "0.120" into
+    0.12; the quoted repr survives as the exact string."""
 
     def __init__(self, text: str):
         self.text = text
 
     def __repr__(self) -> str:
-        return self.text
+        return repr(self.text)
 
-    __str__ = __repr__
+    def __str__(self) -> str:
+        return self.text
 
 
 def show_source(obj, lines: tuple[int, int] | None = None):
@@ -114,10 +124,11 @@ def show_source(obj, lines: tuple[int, int] | None = None):
     so the book explains the code that runs rather than a re-typed copy of it. ``lines`` keeps
     only that 1-based, inclusive range of the source's lines."""
     import inspect
+    import textwrap
 
     from IPython.display import Code
 
-    source = inspect.getsource(obj)
+    source = textwrap.dedent(inspect.getsource(obj))
     if lines is not None:
         source = "\n".join(source.splitlines()[lines[0] - 1:lines[1]])
     return Code(source, language="python")

@@ -140,7 +140,7 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
     plot_iteration_metric(hs, "loss", a, upto=upto, ylabel="training loss")
     plot_iteration_metric(hs, "change_ratio", b, upto=upto, ylabel="labels changed per batch")
     plot_epoch_metric(hs, "nmi_previous", c, upto=upto, ylabel="NMI(labels t-1, labels t)")
-    plot_epoch_metric(hs, "drift", d, upto=upto, ylabel="centroid drift (1 - cosine)")
+    plot_epoch_metric(hs, "drift", d, upto=upto, ylabel="centroid drift (mean L2 distance)")
     plot_epoch_metric(hs, "knn_top1", e, upto=upto, baseline=True, percent=True, ylabel="kNN top-1 (%)")
     last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
     plot_cluster_sizes(hs, last, f)
@@ -258,15 +258,18 @@ def embed_2d(features: Sequence[np.ndarray], method: str = "umap", seed: int = 0
         coords = PCA(2, random_state=seed).fit_transform(stacked)
     else:
         import umap
+        # n_jobs=1: a fixed random_state makes UMAP single-threaded anyway (it warns otherwise)
         coords = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
-                           metric="cosine", random_state=seed).fit_transform(stacked)
+                           metric="cosine", random_state=seed, n_jobs=1).fit_transform(stacked)
     return np.split(coords.astype(np.float32), np.cumsum(sizes)[:-1])
 
 
-def snapshot_embeddings(history: History, method: str = "umap", seed: int = 0) -> dict[int, np.ndarray]:
-    """{epoch: (S, 2)} for every feature snapshot of a run, via :func:`embed_2d`."""
+def snapshot_embeddings(history: History, method: str = "umap", seed: int = 0,
+                        **options) -> dict[int, np.ndarray]:
+    """{epoch: (S, 2)} for every feature snapshot of a run, via :func:`embed_2d` (``options``:
+    its ``n_neighbors``, ``min_dist``, ``n_epochs``)."""
     epochs = history.snapshot_epochs
-    coords = embed_2d([history.snapshot(e)[0] for e in epochs], method=method, seed=seed)
+    coords = embed_2d([history.snapshot(e)[0] for e in epochs], method=method, seed=seed, **options)
     return dict(zip(epochs, coords))
 
 
@@ -300,8 +303,13 @@ def embedding_figure(histories, embeddings: Mapping[str, Mapping[int, np.ndarray
         _, labels = h.snapshot(epoch)
         k = h.meta.get("config", {}).get("num_clusters", int(labels.max()) + 1)
         # ids scrambled so neighbouring ids get unrelated colours
-        scramble = np.random.default_rng(0).permutation(max(k, int(labels.max()) + 1))
-        _scatter(axes[row, 0], xy, scramble[labels], "gist_ncar", k, f"{_label(name)}: pseudo-labels (K={k})", lims)
+        if labels.min() < 0:   # DeepCluster before its first clustering
+            _scatter(axes[row, 0], xy, np.zeros(len(xy)), "Greys", 2.0,
+                     f"{_label(name)}: no clustering yet", lims)
+        else:
+            scramble = np.random.default_rng(0).permutation(max(k, int(labels.max()) + 1))
+            _scatter(axes[row, 0], xy, scramble[labels], "gist_ncar", k,
+                     f"{_label(name)}: pseudo-labels (K={k})", lims)
         _scatter(axes[row, 1], xy, h.arrays["snapshot_targets"], class_cmap, 9.5,
                  f"{_label(name)}: true classes", lims)
     classes = next(iter(hs.values())).meta.get("classes", [])
@@ -324,12 +332,21 @@ def embedding_scrubber(histories, embeddings: Mapping[str, Mapping[int, np.ndarr
 
 
 # ---------------------------------------------------------------------------------- label changes
+def _label_epochs(history: History) -> list[int]:
+    return [e for e in range(history.num_epochs + 1) if f"labels/{e}" in history.arrays]
+
+
 def label_changes(history: History) -> np.ndarray:
-    """(N, E) bool: did image i's pseudo-label at the end of epoch e differ from epoch e - 1?
-    Epochs without a recorded label bank (DeepCluster's epoch 0) are skipped."""
-    epochs = [e for e in range(history.num_epochs + 1) if f"labels/{e}" in history.arrays]
-    banks = np.stack([history.labels(e) for e in epochs], axis=1)
+    """(N, T) bool: did image i's pseudo-label change in transition t? Transition t ends at
+    epoch ``label_change_epochs(history)[t]``. Epochs without a recorded label bank (DeepCluster's
+    epoch 0) are skipped, so for DeepCluster the first transition is epoch 1 -> 2."""
+    banks = np.stack([history.labels(e) for e in _label_epochs(history)], axis=1)
     return banks[:, 1:] != banks[:, :-1]
+
+
+def label_change_epochs(history: History) -> np.ndarray:
+    """(T,) the epoch at which each column of :func:`label_changes` ends."""
+    return np.array(_label_epochs(history)[1:])
 
 
 def plot_label_changes(histories, sample: int = 400, seed: int = 0, axes=None):
@@ -344,8 +361,9 @@ def plot_label_changes(histories, sample: int = 400, seed: int = 0, axes=None):
         rows = np.random.default_rng(seed).choice(len(changes), min(sample, len(changes)), replace=False)
         block = changes[rows]
         block = block[np.argsort(-block.sum(1), kind="stable")]
+        ends = label_change_epochs(h)
         ax.imshow(block, aspect="auto", cmap="Greys", interpolation="nearest",
-                  extent=(0.5, block.shape[1] + 0.5, len(block), 0))
+                  extent=(ends[0] - 0.5, ends[-1] + 0.5, len(block), 0))
         ax.set_title(f"{_label(name)}: {block.mean():.0%} of label slots changed", fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("images (most-moved first)")

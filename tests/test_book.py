@@ -214,7 +214,7 @@ def test_page_has_no_error_output(built_book, page):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_has_no_unrendered_glue(built_book, page):
-    assert "{glue" not in article(page_html(built_book, page)).get_text()
+    assert "{glue" not in prose_text(article(page_html(built_book, page)))
 
 
 @pytest.mark.parametrize("page", PAGES)

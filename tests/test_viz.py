@@ -130,3 +130,21 @@ def test_find_data_root_walks_up_to_the_project_data(tmp_path, monkeypatch):
     assert notebook.find_data_root(tmp_path / "book") == tmp_path / "data"
     monkeypatch.setenv("ODC_DATA", "/somewhere")
     assert str(notebook.find_data_root(tmp_path / "book")) == "/somewhere"
+
+
+def test_glued_text_survives_myst_nbs_literal_eval():
+    """myst-nb turns a glued text/plain value back into a Python value with ast.literal_eval;
+    the formatted text must come back unchanged (not "(10, 0)" for "10,000", not 0.12 for 0.120)."""
+    import ast
+
+    from IPython.core.formatters import PlainTextFormatter
+    for value, fmt, shown in ((10000, "{:,}", "10,000"), (0.12, "{:.3f}", "0.120"), (0.4137, "{:.1%}", "41.4%")):
+        text = PlainTextFormatter()(notebook._Text(fmt.format(value)))
+        assert ast.literal_eval(text) == shown
+
+
+def test_label_change_columns_name_the_epoch_they_end_at():
+    h = fake_history(method="deepcluster", epochs=3)
+    del h.arrays["labels/0"]
+    np.testing.assert_array_equal(viz.label_change_epochs(h), [2, 3])
+    np.testing.assert_array_equal(viz.label_changes(h)[:, 0], h.labels(2) != h.labels(1))
