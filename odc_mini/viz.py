@@ -130,37 +130,47 @@ def plot_cluster_sizes(histories, epoch: int | None = None, ax=None, min_cluster
     return ax
 
 
+# The dashboard's curve panels: (key, per-iteration?, y label, percent?). The sixth panel is the
+# cluster sizes at the current epoch.
+DASHBOARD_PANELS = (
+    ("loss", True, "training loss", False),
+    ("change_ratio", True, "labels changed per batch", False),
+    ("nmi_previous", False, "NMI(labels t-1, labels t)", False),
+    ("drift", False, "centroid drift (mean L2 distance)", False),
+    ("knn_top1", False, "kNN top-1 (%)", True),
+)
+
+
 def dashboard_figure(histories, upto: int | None = None, title: str | None = None):
     """Six panels: loss and label churn per iteration; NMI(t-1, t), centroid drift and kNN
     accuracy per epoch; cluster sizes at epoch ``upto``. With ``upto`` the curves stop at that
     epoch but the axes keep the whole run's range, so replayed frames do not jump."""
     hs = _as_dict(histories)
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.6))
-    (a, b, c), (d, e, f) = axes
-    plot_iteration_metric(hs, "loss", a, upto=upto, ylabel="training loss")
-    plot_iteration_metric(hs, "change_ratio", b, upto=upto, ylabel="labels changed per batch")
-    plot_epoch_metric(hs, "nmi_previous", c, upto=upto, ylabel="NMI(labels t-1, labels t)")
-    plot_epoch_metric(hs, "drift", d, upto=upto, ylabel="centroid drift (mean L2 distance)")
-    plot_epoch_metric(hs, "knn_top1", e, upto=upto, baseline=True, percent=True, ylabel="kNN top-1 (%)")
-    last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
-    plot_cluster_sizes(hs, last, f)
-    f.set_title(f"cluster sizes at epoch {last}", fontsize=10)
-    # fix every x range to the whole run, and y ranges where the full data are known
     total = max(h.num_epochs for h in hs.values())
-    for ax in (a, b, c, d, e):
+    for ax, (key, per_iteration, ylabel, percent) in zip(axes.flat, DASHBOARD_PANELS):
+        if per_iteration:
+            plot_iteration_metric(hs, key, ax, upto=upto, ylabel=ylabel)
+            values = [smooth(h.iteration(key), 20) for h in hs.values()]
+        else:
+            plot_epoch_metric(hs, key, ax, upto=upto, ylabel=ylabel, percent=percent,
+                              baseline=key == "knn_top1")
+            values = [h.epoch(key) * (100.0 if percent else 1.0) for h in hs.values()]
+        # the whole run's ranges, so that frames of a replay share their axes
         ax.set_xlim(-0.2, total + 0.2)
-    for ax, key, it in ((a, "loss", True), (b, "change_ratio", True), (c, "nmi_previous", False),
-                        (d, "drift", False), (e, "knn_top1", False)):
-        vals = np.concatenate([smooth(h.iteration(key), 20) if it else h.epoch(key) * (100 if key == "knn_top1" else 1)
-                               for h in hs.values()])
-        vals = vals[np.isfinite(vals)]
-        if len(vals):
-            lo, hi = vals.min(), vals.max()
+        values = np.concatenate(values)
+        values = values[np.isfinite(values)]
+        if len(values):
+            lo, hi = values.min(), values.max()
             pad = 0.08 * (hi - lo or 1.0)
             ax.set_ylim(lo - pad, hi + pad)
-    a.legend(loc="upper right", fontsize=9)
-    e.legend(loc="lower right", fontsize=8)
-    f.legend(loc="upper right", fontsize=8)
+    sizes_ax = axes.flat[-1]
+    last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
+    plot_cluster_sizes(hs, last, sizes_ax)
+    sizes_ax.set_title(f"cluster sizes at epoch {last}", fontsize=10)
+    axes.flat[0].legend(loc="upper right", fontsize=9)
+    axes.flat[4].legend(loc="lower right", fontsize=8)
+    sizes_ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(title or (f"epoch {upto}" if upto is not None else "training dynamics"), fontsize=12)
     fig.tight_layout()
     return fig
