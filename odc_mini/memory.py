@@ -19,6 +19,19 @@ Conventions follow the reference implementation (OpenSelfSup ``ODCMemory``), see
 
 Everything is single-process and lives on one device (CPU or GPU); a CIFAR-10 memory is
 50,000 x 256 floats, about 51 MB.
+
+**Cost per iteration is O(batch), not O(N).** The reference recomputes every centroid from the
+whole memory (O(N D)) and counts cluster sizes over all N labels for the loss weights and the
+small-cluster check. Here the memory keeps running per-cluster sums (float64) and counts, updated
+by the batch's changes only: the centroids published every ``centroid_interval`` iterations are
+still exactly the member means (up to float rounding), and sizes come for free. A full recount
+happens only when a small cluster is repaired (rare) or when asked (:meth:`update_centroids`).
+
+**No host synchronisation in the hot loop.** Deciding *whether* small clusters need repair is a
+branch in Python, so it needs a value from the device. :meth:`step` computes that flag on the
+device and reads it one ``deal_interval`` later, when it has long been computed, so a GPU never
+waits: a cluster that falls below ``min_cluster`` is repaired one interval later than in the
+reference (identically on every device).
 """
 from __future__ import annotations
 
@@ -45,7 +58,8 @@ class ODCMemory:
 
     def __init__(self, num_samples: int, feat_dim: int, num_clusters: int, momentum: float = 0.5,
                  min_cluster: int = 20, device: str | torch.device = "cpu",
-                 cosine_centroids: bool = False, seed: int = 0):
+                 cosine_centroids: bool = False, seed: int = 0, centroid_interval: int = 1,
+                 deal_interval: int = 1):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum={momentum} is outside [0, 1]")
         if num_clusters < 2 or num_clusters > num_samples:
@@ -59,8 +73,18 @@ class ODCMemory:
         self.features = torch.zeros(num_samples, feat_dim, device=self.device)
         self.labels = torch.zeros(num_samples, dtype=torch.long, device=self.device)
         self.centroids = torch.zeros(num_clusters, feat_dim, device=self.device)
+        # Running statistics of the labels, kept in step with every write to features/labels:
+        # per-cluster sums of the member features (float64, so that millions of +/- updates do not
+        # drift) and member counts (exact integers).
+        self.sums = torch.zeros(num_clusters, feat_dim, dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(num_clusters, dtype=torch.long, device=self.device)
         # Only the random-halves fallback of the split draws random numbers.
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        # Per-iteration protocol (see ``step``).
+        self.centroid_interval, self.deal_interval = centroid_interval, deal_interval
+        self.iteration = 0
+        self._small_flag: torch.Tensor | None = None   # "some cluster is small", not yet read
+        self._small_event = None                       # CUDA event: the flag's copy is done
 
     # ------------------------------------------------------------------ set-up
     def init_memory(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -85,20 +109,30 @@ class ODCMemory:
 
         idx: (B,) int64 sample indices (duplicates allowed); feats: (B, D) neck outputs of the
         batch (detached). Returns the change ratio as a 0-d tensor (no host synchronisation).
+        Costs O(B K D + B^2): nothing here touches all N rows.
         """
         idx = idx.to(self.device)
         new = _l2_normalize(feats.detach().to(self.device, torch.float32))
         m = self.momentum
-        updated = _l2_normalize((1.0 - m) * self.features[idx] + m * new)
+        old_features, old_labels = self.features[idx], self.labels[idx]
+        updated = _l2_normalize((1.0 - m) * old_features + m * new)
         centroids = _l2_normalize(self.centroids) if self.cosine_centroids else self.centroids
         new_labels = (updated @ centroids.T).argmax(dim=1)
-        change_ratio = (new_labels != self.labels[idx]).float().mean()
+        change_ratio = (new_labels != old_labels).float().mean()
         # With sampling with replacement a batch can hold an index twice. The reference code
-        # lets the last write win; index_put with duplicates is unordered in torch, so pick the
-        # last occurrence explicitly to stay deterministic on every device.
-        last = self._last_occurrence(idx)
-        self.features[idx[last]] = updated[last]
-        self.labels[idx[last]] = new_labels[last]
+        # lets the last write win; index_put with duplicates is unordered in torch, so every
+        # occurrence writes the values of the last one: the result is the same whatever the
+        # order, on every device, and no data-dependent shape (no host sync) is needed.
+        last = self._last_positions(idx)
+        self.features[idx] = updated[last]
+        self.labels[idx] = new_labels[last]
+        # Running statistics: each distinct index leaves its old cluster and joins its new one.
+        once = (last == torch.arange(idx.numel(), device=idx.device)).to(torch.float64)   # (B,)
+        self.sums.index_add_(0, old_labels, old_features.double() * -once[:, None])
+        self.sums.index_add_(0, new_labels, updated.double() * once[:, None])
+        once = once.long()
+        self.counts.index_add_(0, old_labels, -once)
+        self.counts.index_add_(0, new_labels, once)
         return change_ratio
 
     def update_samples(self, idx: torch.Tensor, feats: torch.Tensor) -> float:
@@ -106,39 +140,98 @@ class ODCMemory:
         return float(self.update_samples_tensor(idx, feats))
 
     @staticmethod
-    def _last_occurrence(idx: torch.Tensor) -> torch.Tensor:
-        """Positions (into idx) of the last occurrence of each distinct index. (B,) -> (U,)."""
-        unique, inverse = torch.unique(idx, return_inverse=True)
+    def _last_positions(idx: torch.Tensor) -> torch.Tensor:
+        """(B,) position of the last occurrence of ``idx[i]`` in ``idx``, for every i.
+
+        A (B, B) comparison: B is a batch (hundreds), and unlike ``torch.unique`` the output
+        shape does not depend on the data, so a GPU never has to report back to the host.
+        """
         positions = torch.arange(idx.numel(), device=idx.device)
-        last = torch.full((unique.numel(),), -1, dtype=torch.long, device=idx.device)
-        return last.scatter_reduce(0, inverse, positions, reduce="amax")
+        same = idx[:, None] == idx[None, :]                                       # (B, B)
+        return torch.where(same, positions[None, :], -1).amax(dim=1)
+
+    def step(self, idx: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One ODC iteration of the memories (spec §7, steps 3-5), after the network's SGD step.
+
+        1. :meth:`update_samples_tensor` (momentum update and re-labelling of the batch);
+        2. every ``centroid_interval`` iterations: centroids = member means, from the running sums;
+        3. every ``deal_interval`` iterations: repair small clusters if the previous check found
+           any, then check again on the device (read at the next interval, see the module notes).
+
+        Returns (change ratio as a 0-d tensor, number of clusters repaired: 0 unless a repair ran).
+        """
+        change_ratio = self.update_samples_tensor(idx, feats)
+        self.iteration += 1
+        handled = 0
+        if self.iteration % self.centroid_interval == 0:
+            self._publish_centroids()
+        if self.iteration % self.deal_interval == 0:
+            if self._small_seen():
+                handled = self.deal_with_small_clusters()
+            self.check_small_clusters()
+        return change_ratio, handled
+
+    def check_small_clusters(self) -> None:
+        """Start the device-side check "is some cluster smaller than ``min_cluster``?".
+
+        The answer is copied to the host asynchronously and read by the next :meth:`step` that
+        reaches a ``deal_interval``.
+        """
+        flag = (self.counts < self.min_cluster).any()
+        if flag.device.type == "cuda":
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            self._small_event = torch.cuda.Event()
+            self._small_event.record()
+            flag = host
+        self._small_flag = flag
+
+    def _small_seen(self) -> bool:
+        if self._small_flag is None:
+            return False
+        if self._small_event is not None:
+            self._small_event.synchronize()   # long done: the flag was queued an interval ago
+        return bool(self._small_flag)
 
     def cluster_sizes(self) -> torch.Tensor:
-        """(K,) int64 number of samples per cluster."""
+        """(K,) int64 number of samples per cluster, counted from the labels (O(N))."""
         return torch.bincount(self.labels, minlength=self.num_clusters)
 
-    def update_centroids(self, clusters: torch.Tensor | None = None) -> None:
-        """Recompute centroids as member means: all of them, or only the ids in ``clusters``.
+    def recount(self) -> None:
+        """Recompute the running sums and counts from the whole memory (O(N D)).
 
-        An empty cluster keeps its previous centroid (reference behaviour).
+        Needed only after labels or features were written directly, not through this class.
         """
-        sums = torch.zeros_like(self.centroids).index_add_(0, self.labels, self.features)
-        counts = self.cluster_sizes()
-        if clusters is None:
-            keep = counts > 0
-        else:
-            keep = torch.zeros(self.num_clusters, dtype=torch.bool, device=self.device)
-            keep[clusters.to(self.device)] = True
-            keep &= counts > 0
-        means = sums / counts.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        self.sums = torch.zeros_like(self.sums).index_add_(0, self.labels, self.features.double())
+        self.counts = self.cluster_sizes()
+
+    def _publish_centroids(self, clusters: torch.Tensor | None = None) -> None:
+        """Centroids = running sums / counts, for all clusters or only the ids in ``clusters``.
+        An empty cluster keeps its previous centroid (reference behaviour)."""
+        keep = self.counts > 0
+        if clusters is not None:
+            chosen = torch.zeros(self.num_clusters, dtype=torch.bool, device=self.device)
+            chosen[clusters.to(self.device)] = True
+            keep &= chosen
+        means = (self.sums / self.counts.clamp(min=1).unsqueeze(1)).to(self.centroids.dtype)
         self.centroids = torch.where(keep.unsqueeze(1), means, self.centroids)
+
+    def update_centroids(self, clusters: torch.Tensor | None = None) -> None:
+        """Recompute centroids as member means from the whole memory: all of them, or only the
+        ids in ``clusters``. An empty cluster keeps its previous centroid (reference behaviour).
+
+        This is the reference's full recompute (O(N D)); training uses the running sums instead
+        (:meth:`step`), which give the same means.
+        """
+        self.recount()
+        self._publish_centroids(clusters)
 
     def deal_with_small_clusters(self) -> int:
         """Disband every cluster smaller than ``min_cluster`` and refill it by splitting the
         largest cluster (spec §5). Returns the number of clusters handled (0 if none was small).
         """
-        counts = self.cluster_sizes()
-        small = counts < self.min_cluster
+        self.recount()      # exact statistics for a repair (rare, so O(N D) is fine here)
+        small = self.counts < self.min_cluster
         small_ids = torch.nonzero(small).flatten().tolist()
         if not small_ids:
             return 0
@@ -163,6 +256,7 @@ class ODCMemory:
             second_half = self._split_in_two(self.features[member_idx])
             self.labels[member_idx[second_half]] = empty
             self.update_centroids(torch.tensor([largest, empty]))
+        self.recount()
         return len(small_ids)
 
     def _split_in_two(self, feats: torch.Tensor) -> torch.Tensor:
@@ -190,16 +284,25 @@ class ODCMemory:
         The normalisation does not change a weighted-mean cross-entropy; it only makes the
         weights readable. ``power=0`` gives uniform weights (re-weighting off).
         """
-        w = (self.cluster_sizes().to(torch.float32) + eps).pow(-power)
+        w = (self.counts.to(torch.float32) + eps).pow(-power)   # running counts: O(K)
         return w / w.sum()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"features": self.features, "labels": self.labels, "centroids": self.centroids,
-                "generator": self.generator.get_state()}
+                "sums": self.sums, "counts": self.counts, "iteration": self.iteration,
+                "small_seen": self._small_seen(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.features.copy_(state["features"])
         self.labels.copy_(state["labels"])
         self.centroids = state["centroids"].to(self.device).clone()
         self.generator.set_state(state["generator"])
+        if "sums" in state:
+            self.sums = state["sums"].to(self.device).clone()
+            self.counts = state["counts"].to(self.device).clone()
+        else:
+            self.recount()
+        self.iteration = state.get("iteration", 0)
+        self._small_event = None
+        self._small_flag = torch.tensor(bool(state.get("small_seen", False)))

@@ -7,7 +7,10 @@ One iteration (spec §7), in this order:
 3. samples memory: momentum update of the batch's features, re-label by nearest centroid;
 4. every ``centroid_interval`` iterations: recompute all centroids as member means;
 5. every ``deal_interval`` iterations: disband small clusters and split the largest ones;
-6. refresh the loss weights w_k ~ n_k^-0.5 from the whole label bank.
+6. refresh the loss weights w_k ~ n_k^-0.5 from the cluster sizes of the whole label bank.
+
+Steps 3-5 are ``ODCMemory.step``; it keeps running sums and sizes, so the whole iteration costs
+O(batch) however many images the memory holds.
 
 Before the first iteration the memory is filled once from k-means on the features of the
 untrained network (spec §6); after that no global clustering ever happens again.
@@ -27,7 +30,8 @@ class ODC(Method):
     def __init__(self, model, images, cfg, generator):
         super().__init__(model, images, cfg, generator)
         self.memory = ODCMemory(self.num_samples, cfg.feat_dim, cfg.num_clusters, cfg.momentum,
-                                cfg.min_cluster, images.device, cfg.cosine_centroids, cfg.seed)
+                                cfg.min_cluster, images.device, cfg.cosine_centroids, cfg.seed,
+                                cfg.centroid_interval, cfg.deal_interval)
         self.weights = torch.full((cfg.num_clusters,), 1.0 / cfg.num_clusters, device=images.device)
 
     def setup(self, progress: bool = False) -> None:
@@ -40,6 +44,7 @@ class ODC(Method):
         # The reference asserts that no cluster is empty here; small data or a large K can break
         # that, so we repair instead (spec §6 [R]).
         self.clusters_handled += self.memory.deal_with_small_clusters()
+        self.memory.check_small_clusters()
         self.refresh_weights()
         self.model.head.reset_parameters()
 
@@ -58,12 +63,9 @@ class ODC(Method):
     def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         z, logits = self.forward(x)
         out = self.sgd_step(logits, self.memory.labels[idx], self.weights)
-        out["change_ratio"] = self.memory.update_samples_tensor(idx, z.detach().float())
+        out["change_ratio"], handled = self.memory.step(idx, z.detach().float())
+        self.clusters_handled += handled
         self.iteration += 1
-        if self.iteration % self.cfg.centroid_interval == 0:
-            self.memory.update_centroids()
-        if self.iteration % self.cfg.deal_interval == 0:
-            self.clusters_handled += self.memory.deal_with_small_clusters()
         self.refresh_weights()
         return out
 

@@ -169,3 +169,74 @@ def test_class_weights_inverse_sqrt_and_normalised():
 def test_bad_momentum_is_refused():
     with pytest.raises(ValueError, match="momentum=1.5"):
         ODCMemory(10, 3, 2, momentum=1.5)
+
+
+def test_running_sums_and_counts_track_the_memory():
+    """After many batches (with repeated indices), the running statistics equal a recount."""
+    feats, labels = blobs(n_per=60, k=5, d=8, seed=10, spread=0.3)
+    mem = make_memory(feats, labels, 5, momentum=0.7, min_cluster=0)
+    g = torch.Generator().manual_seed(11)
+    for _ in range(200):
+        idx = torch.randint(len(feats), (48,), generator=g)      # with replacement: duplicates
+        mem.update_samples(idx, torch.randn(48, 8, generator=g))
+    direct_sums = torch.zeros(5, 8, dtype=torch.float64).index_add_(0, mem.labels, mem.features.double())
+    assert torch.equal(mem.counts, torch.bincount(mem.labels, minlength=5))
+    assert torch.allclose(mem.sums, direct_sums, atol=1e-10)
+    # the published centroids are the member means, computed here independently
+    mem._publish_centroids()
+    for k in range(5):
+        members = mem.features[mem.labels == k]
+        if len(members):
+            assert torch.allclose(mem.centroids[k], members.mean(dim=0), atol=1e-6)
+
+
+def test_last_positions_match_a_loop():
+    idx = torch.tensor([4, 1, 4, 9, 1, 4, 2])
+    want = [max(j for j in range(len(idx)) if idx[j] == idx[i]) for i in range(len(idx))]
+    assert ODCMemory._last_positions(idx).tolist() == want
+
+
+def test_step_publishes_centroids_every_interval():
+    feats, labels = blobs(seed=12, spread=0.3)
+    mem = make_memory(feats, labels, 4, momentum=0.5, min_cluster=0, centroid_interval=3)
+    g = torch.Generator().manual_seed(13)
+    before = mem.centroids.clone()
+    for it in range(1, 7):
+        mem.step(torch.randperm(len(feats), generator=g)[:40], torch.randn(40, 8, generator=g))
+        if it % 3:
+            assert torch.equal(mem.centroids, before), f"centroids moved at iteration {it}"
+        else:
+            for k in range(4):
+                assert torch.allclose(mem.centroids[k], mem.features[mem.labels == k].mean(0), atol=1e-6)
+            before = mem.centroids.clone()
+
+
+def test_step_repairs_a_small_cluster_one_interval_later():
+    """The small-cluster check is read one deal interval after it is made (no host sync)."""
+    feats, labels = blobs(n_per=50, k=4, seed=14, spread=0.02)
+    mem = make_memory(feats, labels, 4, momentum=1.0, min_cluster=20)
+    mem.check_small_clusters()                        # as ODC.setup does
+    # move 40 members of cluster 3 next to cluster 0: cluster 3 falls to 10 < 20 members
+    movers = torch.arange(150, 190)
+    _, handled = mem.step(movers, mem.centroids[0].expand(40, -1).clone())
+    assert handled == 0 and int(mem.counts[3]) == 10             # seen, not yet repaired
+    before = mem.labels.clone()
+    largest = int(mem.cluster_sizes().argmax())                  # cluster 0, with 90 members
+    _, handled = mem.step(torch.tensor([0]), mem.features[:1].clone())
+    assert handled == 1
+    # cluster 3 was disbanded and refilled with a part of the largest cluster
+    refill = mem.labels == 3
+    assert 0 < int(refill.sum()) < 90 and bool((before[refill] == largest).all())
+    assert int(mem.cluster_sizes().sum()) == 200
+    assert torch.equal(mem.counts, mem.cluster_sizes())
+
+
+def test_state_dict_round_trip_keeps_running_statistics():
+    feats, labels = blobs(seed=15, spread=0.3)
+    mem = make_memory(feats, labels, 4, min_cluster=0)
+    mem.step(torch.arange(30), torch.randn(30, 8))
+    copy = ODCMemory(len(feats), 8, 4, min_cluster=0)
+    copy.load_state_dict(mem.state_dict())
+    for name in ("features", "labels", "centroids", "sums", "counts"):
+        assert torch.equal(getattr(copy, name), getattr(mem, name)), name
+    assert copy.iteration == mem.iteration
