@@ -4,7 +4,7 @@ DeepCluster (Caron et al., ECCV 2018), small enough to read and to run from a no
     import odc_mini
     run = odc_mini.train(odc_mini.Config(method="odc", profile="quick"))
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .config import Config  # noqa: E402
 from .kmeans import kmeans, pca_whiten  # noqa: E402

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--download", action="store_true",
                        help="download CIFAR-10 with torchvision if it is not in the data folder")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        p.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the training forward pass (CUDA only)")
         for name, kind in OVERRIDES.items():
             p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                            help=f"one of {', '.join(CHOICES[name])}" if name in CHOICES else None)
@@ -53,6 +55,8 @@ def config_from_args(args: argparse.Namespace, method: str) -> Config:
     values = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     if args.profile is not None:
         values["profile"] = args.profile
+    if args.compile:
+        values["compile"] = True
     return Config(method=method, download=args.download, **values).validate()
 
 

@@ -291,7 +291,8 @@ def _affine_matrices(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: 
 # The full augmentation
 # ---------------------------------------------------------------------------------------------
 
-def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+            order_generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomly augment a batch, then normalise it: the training-time network input.
 
     Steps (each image gets its own random parameters):
@@ -312,6 +313,11 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         generator: a ``torch.Generator`` on ``x_uint8``'s device; the only source of
             randomness, so equal generator states give equal outputs. The random numbers
             drawn do not depend on ``cfg`` (only their use does).
+        order_generator: optional CPU generator for the batch's order of the colour ops. The
+            order picks Python functions, so it must be known on the host: drawn from a GPU
+            ``generator`` it costs one host synchronisation per batch; the training loop
+            passes a CPU generator so that the GPU never waits. Default: drawn from
+            ``generator``.
 
     Returns:
         (B, 3, H, W) float32, normalised, on ``x_uint8``'s device.
@@ -333,7 +339,10 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     angle = math.radians(cfg.rotation_degrees) * (2 * rand(b) - 1)            # (B,) radians
     do_jitter = rand(b) < cfg.jitter_p                                        # (B,) bool
     u = rand(4, b)                                                            # factors in [0, 1)
-    order = rand(4).argsort().tolist()     # one small host sync: ops are picked in Python
+    if order_generator is None:
+        order = rand(4).argsort().tolist()     # on a GPU: one small host sync
+    else:
+        order = torch.randperm(4, generator=order_generator).tolist()
     do_gray = rand(b) < cfg.grayscale_p                                       # (B,) bool
 
     # 1. Geometry. padding_mode="border": the box always lies inside the image, but bilinear

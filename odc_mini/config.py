@@ -108,6 +108,7 @@ class Config:
     linear_probe: bool = True
     # machine
     device: str = "auto"
+    compile: bool = False            # torch.compile the training forward pass (CUDA only)
     seed: int = 0
 
     def __post_init__(self):

@@ -107,6 +107,12 @@ class Method:
         self.clusters_handled = 0       # small/empty clusters repaired since the last epoch end
         self.progress = False           # progress bars for whole-dataset feature extraction
         self._embedding: tuple[int, Embedding] | None = None  # (iteration, features) cache
+        self._forward_model: nn.Module = model   # what train steps call: the model or its compiled twin
+
+    def compile(self) -> None:
+        """Train with ``torch.compile(model)`` (same parameters; the model's own
+        ``state_dict`` keys are unchanged). Feature extraction stays eager."""
+        self._forward_model = torch.compile(self.model)
 
     @property
     def num_samples(self) -> int:
@@ -138,7 +144,7 @@ class Method:
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device):
-            return self.model(x)
+            return self._forward_model(x)
 
     # The interface the loop drives; subclasses fill it in.
     def setup(self, progress: bool = False) -> None:

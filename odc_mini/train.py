@@ -195,6 +195,9 @@ def train(config: Config, progress: bool = True,
     """
     cfg = config.validate()
     device = resolve_device(cfg.device)
+    if cfg.compile and device.type != "cuda":
+        raise ValueError(f"compile=True needs a CUDA device, but the run is on {device.type}; "
+                         "torch.compile is off on the CPU (set compile=False)")
     seed_everything(cfg.seed)
     train_set, test_set = load_dataset(cfg.dataset, cfg.data_root, cfg.subset, cfg.seed, cfg.download)
     cfg.check_against_data(len(train_set))
@@ -203,11 +206,14 @@ def train(config: Config, progress: bool = True,
     model = build_model(cfg, device)
     sampler_generator = torch.Generator().manual_seed(cfg.seed)
     method = METHOD_CLASSES[cfg.method](model, train_set.images, cfg, sampler_generator)
+    if cfg.compile:
+        method.compile()
     history = History({"config": cfg.to_dict(), "version": __version__, "device": str(device),
                        "machine": _machine_description(device), "classes": list(train_set.classes)})
     recorder = Recorder(cfg, method, train_set, test_set, history)
     augment_cfg = cfg.augment_config()
     augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    order_generator = torch.Generator().manual_seed(cfg.seed)   # host side: no GPU sync per batch
 
     start = time.perf_counter()
     if cfg.recalibrate_bn:  # before the baseline too, so the random network is measured at its best
@@ -231,20 +237,18 @@ def train(config: Config, progress: bool = True,
         lr = cfg.lr * (0.4 if epoch > int(0.9 * cfg.epochs) else 1.0)  # reference: x0.4 late
         for group in method.optimizer.param_groups:
             group["lr"] = lr
-        order = method.epoch_indices(epoch)
-        model.train()
-        steps = []
-        for b in range(iters_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size].to(device)
-            x = augment(train_set.images[idx], augment_cfg, augment_generator)
-            x = x.contiguous(memory_format=torch.channels_last)
-            out = method.train_step(x, idx)
-            steps.append(torch.stack([out["loss"], out["acc"], out["change_ratio"]]))
+        # One host-to-device copy per epoch: a blocking copy per batch would wait for the GPU.
+        order = method.epoch_indices(epoch).to(device)
+
+        def show(b: int, step: torch.Tensor) -> None:
             bar.update()
-            if b % 10 == 0 or b == iters_per_epoch - 1:   # one host sync every 10 steps
-                loss, _, churn = steps[-1].tolist()
+            if not bar.disable and (b % 10 == 0 or b == iters_per_epoch - 1):  # a sync per 10 steps
+                loss, _, churn = step.tolist()
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", churn=f"{churn:.3f}")
-        steps = torch.stack(steps).cpu().numpy()
+
+        steps = train_epoch(method, train_set.images, order, iters_per_epoch, cfg.batch_size,
+                            augment_cfg, (augment_generator, order_generator), on_step=show)
+        steps = steps.cpu().numpy()
         train_seconds += time.perf_counter() - t0
         history.add_iterations(loss=steps[:, 0], acc=steps[:, 1], change_ratio=steps[:, 2],
                                epoch=epoch - 1 + np.arange(1, iters_per_epoch + 1) / iters_per_epoch,
@@ -263,6 +267,24 @@ def train(config: Config, progress: bool = True,
     bar.close()
     memory = method.memory if isinstance(method, ODC) else None
     return Run(cfg, history, model, memory)
+
+
+def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, iterations: int,
+                batch_size: int, augment_cfg, generators: tuple[torch.Generator, torch.Generator],
+                on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The hot loop: ``iterations`` steps over consecutive batches of ``order`` (indices on the
+    images' device). Returns an (iterations, 3) tensor of loss, pseudo-label accuracy and change
+    ratio, still on the device: nothing here waits for a GPU unless ``on_step`` does."""
+    method.model.train()
+    steps = []
+    for b in range(iterations):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        x = augment(images[idx], augment_cfg, *generators)
+        out = method.train_step(x.contiguous(memory_format=torch.channels_last), idx)
+        steps.append(torch.stack([out["loss"], out["acc"], out["change_ratio"]]))
+        if on_step is not None:
+            on_step(b, steps[-1])
+    return torch.stack(steps)
 
 
 def _machine_description(device: torch.device) -> str:
