@@ -287,6 +287,20 @@ def _affine_matrices(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: 
     return theta
 
 
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, H, W), align_corners=False)`` by broadcasting.
+
+    Each output pixel's sampling position is theta @ (x, y, 1) with x, y its centre in [-1, 1];
+    written as two broadcast sums of outer products instead of a batched matrix product over
+    a materialised base grid, which is ~5x faster on the CPU. (B, 2, 3) -> (B, H, W, 2).
+    """
+    xs = (torch.arange(width, dtype=theta.dtype, device=theta.device) * 2 + 1) / width - 1
+    ys = (torch.arange(height, dtype=theta.dtype, device=theta.device) * 2 + 1) / height - 1
+    t = theta[:, :, :, None, None]                                         # (B, 2, 3, 1, 1)
+    grid = t[:, :, 0] * xs[None, None, None, :] + t[:, :, 1] * ys[None, None, :, None] + t[:, :, 2]
+    return grid.permute(0, 2, 3, 1)                                        # (B, H, W, 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # The full augmentation
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +364,7 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     # "zeros" would darken that border. (With rotation, corners outside the image repeat the
     # edge pixels instead of torchvision's black fill.)
     theta = _affine_matrices(top, left, h, w, flip, angle, height, width)
-    grid = F.affine_grid(theta, [b, 3, height, width], align_corners=False)   # (B, H, W, 2)
+    grid = _affine_grid(theta, height, width)                                  # (B, H, W, 2)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     # 2. Colour jitter. Each op is skipped when its strength is 0 (so that e.g. hue=0 is

@@ -198,3 +198,11 @@ def test_cuda_matches_format(batch):
     assert y.device == x.device and y.shape == x.shape and torch.isfinite(y).all()
     torch.testing.assert_close(augment(x, IDENTITY, torch.Generator(device="cuda").manual_seed(0)),
                                normalize(x), atol=1e-5, rtol=0)
+
+
+def test_affine_grid_matches_torch():
+    from odc_mini.augment import _affine_grid
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(0))
+    for h, w in ((32, 32), (24, 40)):
+        want = torch.nn.functional.affine_grid(theta, [16, 3, h, w], align_corners=False)
+        assert torch.allclose(_affine_grid(theta, h, w), want, atol=1e-6)
