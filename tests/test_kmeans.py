@@ -1,6 +1,10 @@
 """Tests of odc_mini.kmeans against independent computations (NumPy / scikit-learn)."""
 
 import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +189,82 @@ def test_blocked_computation_matches_single_block(blobs, monkeypatch):
     assert torch.equal(labels, l_ref)
     assert inertia(x, c, labels) == pytest.approx(in_ref, rel=1e-9)
     torch.testing.assert_close(pca_whiten(x, 4), z_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 8, 10, 20, 33, 100])
+def test_assignment_is_first_argmin_even_with_exact_ties(monkeypatch, k):
+    """Integer coordinates make every score exact in float32, so duplicated
+    centroids give exact ties: the label must be the lowest tied index, as
+    argmin's.  Small blocks also exercise the multi-block path (with a short
+    last block) and the padding of K to a multiple of 8."""
+    km = importlib.import_module("odc_mini.kmeans")
+    monkeypatch.setattr(km, "_MAX_BLOCK_ELEMS_CPU", 300 * 104)
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(-3, 4, (2500, 6), generator=g).float()
+    c = torch.randint(-3, 4, (k, 6), generator=g).float()
+    c[k - 1] = c[1]  # duplicates, also at the last index
+    c[k // 2] = c[0]
+    labels, sq_dists = km.nearest_centroid(x, c)
+    d2 = naive_sq_dists(x, c)
+    np.testing.assert_array_equal(labels.numpy(), d2.argmin(1))  # NumPy: first minimum
+    np.testing.assert_allclose(sq_dists.numpy(), d2.min(1), atol=1e-4)
+
+
+def test_incremental_update_matches_recomputed_sums(monkeypatch):
+    """Moving only the points that changed cluster gives the same clustering
+    as summing every cluster from scratch at every iteration."""
+    km = importlib.import_module("odc_mini.kmeans")
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for mode, above in [("always incremental", 1), ("always from scratch", 10**9)]:
+        monkeypatch.setattr(km, "_FULL_SUMS_ABOVE", above)
+        runs[mode] = km.kmeans(x, 20, n_iter=15, seed=2, return_n_iter=True)
+    (c1, l1, n1), (c2, l2, n2) = runs.values()
+    assert n1 == n2 == 15  # not converged: every iteration moved points
+    assert torch.equal(l1, l2)
+    torch.testing.assert_close(c1, c2, atol=1e-6, rtol=0)
+    # The 15th update averaged the assignment that 14 iterations end with.
+    _, l14 = km.kmeans(x, 20, n_iter=14, seed=2)
+    assert torch.bincount(l14, minlength=20).min() > 0  # (so no split replaced a mean)
+    for j in range(20):
+        torch.testing.assert_close(c1[j].double(), x[l14 == j].double().mean(0), atol=1e-6, rtol=0)
+
+
+def test_same_start_same_result_and_iterations_as_sklearn_lloyd(blobs):
+    x, y = blobs
+    init = torch.stack([x[np.flatnonzero(y == j)[0]] for j in range(8)])  # one point per blob
+    c, labels, n_iter = kmeans(x, 8, n_iter=50, init_centroids=init, return_n_iter=True)
+    ref = KMeans(8, init=init.numpy(), n_init=1, max_iter=50, tol=0, algorithm="lloyd").fit(x.numpy())
+    assert n_iter == ref.n_iter_ < 50  # converged, and counted the same way
+    np.testing.assert_array_equal(labels.numpy(), ref.labels_)
+    np.testing.assert_allclose(c.numpy(), ref.cluster_centers_, atol=1e-4)
+    assert kmeans(x, 8, n_iter=1, init_centroids=init, return_n_iter=True)[2] == 1
+    assert len(kmeans(x, 8, n_iter=3, init_centroids=init)) == 2  # default: (centroids, labels)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_anywhere_is_rejected(value):
+    x = torch.randn(1000, 33)
+    for flat in (0, 517, x.numel() - 1):  # first, middle, last (vector tail) entry
+        bad = x.clone()
+        bad.view(-1)[flat] = value
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            kmeans(bad, 4)
+
+
+def test_benchmark_script_agrees_with_sklearn(tmp_path):
+    """bench/kmeans_vs_sklearn.py --tiny runs (from any directory) and prints one
+    row per K whose inertia is within 1% of sklearn's from the same start.
+    Timings are printed, not checked."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "kmeans_vs_sklearn.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiny"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["K"])
+    columns = re.split(r"\s{2,}", lines[header].strip())
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[header + 2 : header + 5]]
+    assert [int(row[0]) for row in rows] == [10, 100, 1000]
+    for row in rows:
+        assert len(row) == len(columns)
+        assert float(row[columns.index("inertia ratio")]) == pytest.approx(1.0, abs=0.01)
