@@ -190,7 +190,9 @@ class ODCMemory:
         if self._small_flag is None:
             return False
         if self._small_event is not None:
-            self._small_event.synchronize()   # long done: the flag was queued an interval ago
+            # Recorded one interval ago: the GPU has at most the current step left to run
+            # when this returns, so the host stays one step ahead and the GPU stays busy.
+            self._small_event.synchronize()
         return bool(self._small_flag)
 
     def cluster_sizes(self) -> torch.Tensor:

@@ -117,6 +117,7 @@ def load_run(directory: str | Path, device: str = "cpu") -> Run:
             memory.features.copy_(features)
             memory.labels.copy_(torch.from_numpy(arrays["labels"]))
             memory.centroids = torch.from_numpy(arrays["centroids"]).to(dev)
+            memory.recount()   # the running sums and sizes behind the loss weights
     return Run(cfg, history, model, memory)
 
 

@@ -128,6 +128,9 @@ def test_save_load_round_trip(odc_run, tmp_path):
         assert torch.equal(loaded.model.state_dict()[key], value)
     assert torch.equal(loaded.memory.features, odc_run.memory.features)
     assert torch.equal(loaded.memory.labels, odc_run.memory.labels)
+    # the loss weights of the loaded memory come from its real cluster sizes
+    assert torch.equal(loaded.memory.counts, torch.bincount(odc_run.memory.labels, minlength=10))
+    assert torch.allclose(loaded.memory.class_weights(), odc_run.memory.class_weights())
     assert (tmp_path / "run" / "history.npz").stat().st_size < 10 * 2**20
     # the history loads with plain numpy, without pickles
     with np.load(tmp_path / "run" / "history.npz", allow_pickle=False) as data:
