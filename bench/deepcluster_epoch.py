@@ -15,6 +15,7 @@ Goal: DeepCluster epoch / supervised epoch <= 1.35.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -49,7 +50,7 @@ def run(n: int, repeats: int, device: torch.device, tiny: bool = False) -> dict:
         return go
 
     times = compare({name: epoch(name) for name in names}, repeats=repeats, warmup=1, device=device)
-    cluster = sorted(parts["cluster"][-repeats:])[len(parts["cluster"][-repeats:]) // 2]
+    cluster = statistics.median(parts["cluster"][-repeats:])   # the timed epochs, not the warm-up
     return dict(device=device.type, arch=cfg.arch, batch_size=cfg.batch_size, num_images=n,
                 data=source, supervised_s=times["supervised"], deepcluster_s=times["deepcluster"],
                 odc_s=times["odc"], deepcluster_cluster_s=cluster,

@@ -182,10 +182,7 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         run = train(run_cfg, progress=False)
         wall = time.perf_counter() - t0
-        folder = out / method
-        folder.mkdir(exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(run.config.to_dict(), indent=2))
-        run.history.save(folder / "history.npz")
+        run.save(out / method, state=False)          # config.json and history.npz only
         h = run.history
         final = {k: float(h.epoch(k)[-1]) for k in FINAL_METRICS if k in h.epoch_keys}
         final.update(run_wall_s=wall, images_per_s=epochs * (n // cfg.batch_size) * cfg.batch_size

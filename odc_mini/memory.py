@@ -85,6 +85,7 @@ class ODCMemory:
         self.iteration = 0
         self._small_flag: torch.Tensor | None = None   # "some cluster is small", not yet read
         self._small_event = None                       # CUDA event: the flag's copy is done
+        self._small_host: torch.Tensor | None = None   # pinned host copy of the flag (CUDA)
 
     # ------------------------------------------------------------------ set-up
     def init_memory(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -179,11 +180,14 @@ class ODCMemory:
         """
         flag = (self.counts < self.min_cluster).any()
         if flag.device.type == "cuda":
-            host = torch.empty((), dtype=torch.bool, pin_memory=True)
-            host.copy_(flag, non_blocking=True)
-            self._small_event = torch.cuda.Event()
+            # One pinned buffer, reused: its previous value was read before this call.
+            if self._small_host is None:
+                self._small_host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            if self._small_event is None:
+                self._small_event = torch.cuda.Event()
+            self._small_host.copy_(flag, non_blocking=True)
             self._small_event.record()
-            flag = host
+            flag = self._small_host
         self._small_flag = flag
 
     def _small_seen(self) -> bool:

@@ -67,13 +67,17 @@ class Run:
     model: ClusterNet
     memory: ODCMemory | None = None
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``history.npz`` (no pickles), ``model.pt`` (a state dict) and,
-        for ODC, ``memory.npz`` into ``directory``."""
+    def save(self, directory: str | Path, state: bool = True) -> Path:
+        """Write ``config.json``, ``history.npz`` (no pickles) and, unless ``state=False``,
+        ``model.pt`` (a state dict) and, for ODC, ``memory.npz`` into ``directory``.
+        ``state=False`` keeps only the small record a chapter replays (ResNet-18 weights and a
+        50,000-image memory are some 100 MB)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(directory / "config.json", json.dumps(self.config.to_dict(), indent=2))
         self.history.save(directory / "history.npz")
+        if not state:
+            return directory
         tmp = directory / "model.pt.tmp"
         torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, tmp)
         tmp.replace(directory / "model.pt")
