@@ -9,6 +9,7 @@ __version__ = "0.2.0"
 from .config import Config  # noqa: E402
 from .kmeans import kmeans, pca_whiten  # noqa: E402
 from .memory import ODCMemory  # noqa: E402
-from .train import Run, load_run, train  # noqa: E402
+from .run import Run, load_run  # noqa: E402
+from .train import TrainingDiverged, train  # noqa: E402
 
-__all__ = ["Config", "ODCMemory", "Run", "kmeans", "load_run", "pca_whiten", "train", "__version__"]
+__all__ = ["Config", "ODCMemory", "Run", "TrainingDiverged", "kmeans", "load_run", "pca_whiten", "train", "__version__"]

@@ -1,9 +1,14 @@
 """Command line: ``python -m odc_mini train ...`` and ``python -m odc_mini compare ...``.
 
     python -m odc_mini train --method odc --profile quick --out runs/odc-quick
+    python -m odc_mini train --out runs/odc-quick --resume      # after a crash or Ctrl-C
     python -m odc_mini compare --profile quick --out runs/compare-quick
 
-Bad input is reported in one line, without a traceback, with exit status 2.
+Runs are checkpointed into ``--out`` at every epoch end and on Ctrl-C. ``--resume`` continues the
+run in ``--out`` with its own settings; a setting given on the command line must match it.
+
+Bad input is reported in one line, without a traceback, with exit status 2; a diverged run
+exits with 1, an interrupted one with 130 (after saving its checkpoint).
 """
 from __future__ import annotations
 
@@ -25,9 +30,16 @@ OVERRIDES = {
 CHOICES = {"dataset": DATASETS, "arch": ARCHS, "sampler": SAMPLERS}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m odc_mini", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m odc_mini", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} "
@@ -35,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="folder the run(s) are saved in")
         p.add_argument("--download", action="store_true",
                        help="download CIFAR-10 with torchvision if it is not in the data folder")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in --out where it stopped, with its settings")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the training forward pass (CUDA only)")
@@ -43,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"one of {', '.join(CHOICES[name])}" if name in CHOICES else None)
 
     train_p = commands.add_parser("train", help="train one method and save its run")
-    train_p.add_argument("--method", default="odc", help=f"one of {', '.join(METHODS)}")
+    train_p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: odc)")
     common(train_p)
     compare_p = commands.add_parser("compare", help="train both methods with the same settings "
                                     "and print a summary table")
@@ -51,13 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, method: str) -> Config:
+def config_from_args(args: argparse.Namespace, method: str, base: dict | None = None) -> Config:
+    """The Config the flags ask for; with ``base`` (a run's saved config, for --resume) the flags
+    given override its values, and whatever differs from it is refused later by name."""
     values = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     if args.profile is not None:
         values["profile"] = args.profile
     if args.compile:
         values["compile"] = True
-    return Config(method=method, download=args.download, **values).validate()
+    if args.download:
+        values["download"] = True
+    if base is not None:
+        return Config.from_dict({**base, "method": method, **values}).validate()
+    return Config(method=method, **values).validate()
+
+
+def _saved_config(out: Path) -> dict | None:
+    """The config of the run in ``out`` (checkpoint or finished run), None if there is none."""
+    from .run import inspect_folder
+    content = inspect_folder(out)
+    return content.config if content.kind in ("unfinished", "finished") else None
 
 
 def summary_table(runs: dict) -> str:
@@ -81,20 +108,33 @@ def summary_table(runs: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train import train  # after parsing, so --help stays fast
+    from .train import TrainingDiverged, check_output, train  # after parsing: --help stays fast
     try:
-        methods = [args.method] if args.command == "train" else list(METHODS)
-        configs = {m: config_from_args(args, m) for m in methods}   # validate all before training
+        if args.command == "train":
+            folders = {args.method: Path(args.out)}
+        else:
+            folders = {m: Path(args.out) / m for m in METHODS}
+        plan = {}
+        for method, out in folders.items():   # check every setting and folder before training
+            base = _saved_config(out) if args.resume else None
+            if method is None:
+                method = base["method"] if base else "odc"
+            cfg = config_from_args(args, method, base)
+            check_output(out, cfg, args.resume)
+            plan[method] = (cfg, out)
         runs = {}
-        for method, cfg in configs.items():
-            run = train(cfg, progress=not args.no_progress)
-            out = Path(args.out) if args.command == "train" else Path(args.out) / method
-            run.save(out)
-            runs[method] = run
+        for method, (cfg, out) in plan.items():
+            runs[method] = train(cfg, progress=not args.no_progress, out=out, resume=args.resume)
             print(f"{method}: saved to {out}", flush=True)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        print(f"\n{err or 'interrupted'}", file=sys.stderr)
+        return 130
     print(summary_table(runs))
     return 0
 

@@ -20,7 +20,8 @@ from typing import Callable
 from . import __version__
 from .config import Config
 from .history import History
-from .train import Run, load_run, resolve_device, train
+from .run import Run, inspect_folder, load_run
+from .train import check_output, resolve_device, train
 
 CACHE_ENV = "ODC_CACHE"
 KEY_FILE = "cache_key.json"
@@ -66,8 +67,10 @@ def cached_run(config: Config, cache_dir: str | Path | None = None, progress: bo
     """Load the cached run of ``config``, or train it (calling ``callback`` after every epoch, as
     :func:`odc_mini.train` does) and cache it. ``retrain=True`` trains even when a fresh run exists.
 
-    The run is written to a temporary folder and renamed into place, so an interrupted training
-    never leaves a half-written run that a later call would take for a cached one.
+    The run is trained in a side folder (``<name>.partial``), checkpointed there after every
+    epoch, and renamed into place once finished: an interrupted training never leaves a
+    half-written run that a later call would take for a cached one, and the next call resumes it
+    (bit-identical to an uninterrupted run) instead of starting again.
     """
     config = config.validate()
     path = cache_path(config, cache_dir)
@@ -75,10 +78,19 @@ def cached_run(config: Config, cache_dir: str | Path | None = None, progress: bo
         run = load_run(path)
         run.config = config          # the caller's data_root / device, not the trainer's
         return run
-    run = train(config, progress=progress, callback=callback)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    run.save(tmp)
+    # Trained in a side folder with checkpoints: a build that dies part-way (a killed kernel, a
+    # timeout) continues there the next time instead of starting again.
+    tmp = path.with_name(path.name + ".partial")
+    kind = "empty"
+    try:
+        kind = inspect_folder(tmp).kind
+        if kind == "unfinished":
+            check_output(tmp, config, resume=True)    # same config and version?
+    except ValueError:       # another config or version, or a damaged checkpoint
+        kind = "stale"
+    if kind != "unfinished":  # only a checkpoint is worth keeping: start afresh otherwise
+        shutil.rmtree(tmp, ignore_errors=True)
+    run = train(config, progress=progress, callback=callback, out=tmp, resume="auto")
     (tmp / KEY_FILE).write_text(json.dumps(cache_key(config), indent=2, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)

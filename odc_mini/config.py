@@ -15,6 +15,7 @@ image count is known. Both run before any heavy work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ DATASETS = ("cifar10", "synthetic")
 PROFILES = ("quick", "full")
 SAMPLERS = ("replacement", "permutation")
 PROFILE_ENV = "ODC_PROFILE"
+CIFAR10_TRAIN = 50_000        # images in CIFAR-10's train split
+SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no subset is given
 
 # Values per profile for the fields that default to None. The ODC reference values (ImageNet)
 # are scaled to CIFAR-10 as in spec §13: K = 100, min_cluster ~ 0.15 N/K, lr linear in batch.
@@ -131,23 +134,30 @@ class Config:
         one_of("arch", self.arch, ARCHS)
         one_of("dataset", self.dataset, DATASETS)
         one_of("sampler", self.sampler, SAMPLERS)
-        if not 0.0 <= self.momentum <= 1.0:
+        if not isinstance(self.momentum, (int, float)) or not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum={self.momentum} is outside [0, 1]")
         for name in ("epochs", "batch_size", "kmeans_iters", "centroid_interval", "deal_interval",
                      "eval_interval", "snapshot_interval", "eval_batch_size", "feat_dim", "hid_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
-        if self.num_clusters < 2:
-            raise ValueError(f"num_clusters={self.num_clusters} must be at least 2")
-        if self.min_cluster < 0:
-            raise ValueError(f"min_cluster={self.min_cluster} must be >= 0")
-        if self.subset is not None and self.subset < 1:
+        if not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr} must be a finite number > 0")
+        if not _is_int(self.num_clusters) or self.num_clusters < 2:
+            raise ValueError(f"num_clusters={self.num_clusters} must be an integer, at least 2")
+        if not _is_int(self.min_cluster) or self.min_cluster < 0:
+            raise ValueError(f"min_cluster={self.min_cluster} must be an integer >= 0")
+        if self.subset is not None and (not _is_int(self.subset) or self.subset < 1):
             raise ValueError(f"subset={self.subset} must be a positive number of images or None (all)")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+        if not isinstance(self.device, str) or (self.device not in ("auto", "cpu")
+                                                and not self.device.startswith("cuda")):
             raise ValueError(f"unknown device {self.device!r}; accepted: auto, cpu, cuda, cuda:N")
+        if self.dataset == "cifar10" and self.subset is not None and self.subset > CIFAR10_TRAIN:
+            raise ValueError(f"subset={self.subset} is larger than the CIFAR-10 train set "
+                             f"({CIFAR10_TRAIN} images)")
+        if self.subset is not None or self.dataset == "synthetic":
+            # The number of training images is known without the data: check against it now.
+            self.check_against_data(self.subset if self.subset is not None else SYNTHETIC_DEFAULT)
         return self
 
     def augment_config(self):
@@ -176,3 +186,7 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config field(s) {', '.join(unknown)}")
         return cls(**values)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import SYNTHETIC_DEFAULT
+
 __all__ = [
     "DATA_ENV",
     "DATASETS",
@@ -201,7 +203,15 @@ def load_cifar10(root: str | os.PathLike | None = None,
     if path.is_file():
         arrays = _read_npz(path)
     elif download or (root / TORCHVISION_FOLDER).is_dir():
-        arrays = _from_torchvision(root, download)
+        try:
+            arrays = _from_torchvision(root, download)
+        except (OSError, RuntimeError) as e:   # offline (URLError), a broken extracted folder
+            reason = " ".join(str(e).split())[:200]
+            raise FileNotFoundError(
+                f"CIFAR-10 is not in {root.resolve()} and torchvision could not "
+                f"{'download' if download else 'read'} it ({type(e).__name__}: {reason}); offline, "
+                f"decode the project's copy into {path} (see data/README.md) or set ${DATA_ENV} "
+                f"to a folder holding {NPZ_NAME}") from None
         try:   # cache the conversion; failing to (read-only folder) must not stop training
             _write_npz_atomic(path, arrays)
         except OSError as e:
@@ -386,7 +396,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
     # synthetic: generate whole classes, then trim to exactly ``subset`` if it is not a
     # multiple of the number of classes.
     num_classes = 10
-    n_train = 1000 if subset is None else subset
+    n_train = SYNTHETIC_DEFAULT if subset is None else subset
     n_test = max(num_classes, n_train // 5)
     sets = []
     for n, s in ((n_train, seed), (n_test, seed + 10_000)):

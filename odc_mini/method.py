@@ -4,7 +4,7 @@ A method is driven by the training loop (``train.py``) through four calls::
 
     method.setup(progress)              # once, before the first epoch
     order = method.epoch_indices(epoch) # (N',) sample indices to visit this epoch
-    out = method.train_step(x, idx)     # per batch: dict of 0-d tensors (loss, acc, change_ratio)
+    out = method.train_step(x, idx)     # per batch: dict of 0-d tensors (loss, acc, change_ratio, finite)
     method.pseudo_labels()              # (N,) the current pseudo-label of every sample
 
 ``train_step`` returns tensors, not floats, so that a GPU run never waits for the host inside
@@ -129,6 +129,8 @@ class Method:
         if self._embedding is None or self._embedding[0] != self.iteration:
             features = embed_images(self.model, self.images, self.cfg.eval_batch_size,
                                     self.progress, desc=f"{self.name}: extract")
+            if not bool(torch.isfinite(features.neck).all()):   # one check per extraction
+                raise FloatingPointError("NaN or inf in the extracted features")
             self._embedding = (self.iteration, features)
         return self._embedding[1]
 
@@ -140,7 +142,9 @@ class Method:
         loss.backward()
         self.optimizer.step()
         acc = (logits.detach().argmax(dim=1) == target).float().mean()
-        return {"loss": loss.detach(), "acc": acc}
+        # "finite": read by the loop (every step on the CPU, once per epoch on a GPU), which
+        # stops a diverged run; a tensor, so that nothing here waits for the device.
+        return {"loss": loss.detach(), "acc": acc, "finite": torch.isfinite(loss.detach())}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device):

@@ -63,6 +63,7 @@ class ODC(Method):
     def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         z, logits = self.forward(x)
         out = self.sgd_step(logits, self.memory.labels[idx], self.weights)
+        out["finite"] = out["finite"] & torch.isfinite(z).all()
         out["change_ratio"], handled = self.memory.step(idx, z.detach().float())
         self.clusters_handled += handled
         self.iteration += 1

@@ -1,20 +1,27 @@
 """The training loop: a config in, a recorded run out.
 
-    run = odc_mini.train(odc_mini.Config(method="odc", profile="quick"))
+    run = odc_mini.train(odc_mini.Config(method="odc", profile="quick"), out="runs/odc-quick")
     run.history.epoch("knn_top1")      # what the book draws
-    run.save("runs/odc-quick"); run = odc_mini.load_run("runs/odc-quick")
+    run = odc_mini.load_run("runs/odc-quick")
 
 The loop is the same for both methods; only ``method.epoch_indices`` (DeepCluster clusters there)
 and ``method.train_step`` (ODC updates its memories there) differ. Per-iteration numbers stay on
 the device until the end of the epoch, so a GPU never waits for the host in the hot loop.
+
+With ``out``, the run is checkpointed after the initial clustering, at every epoch end and on
+Ctrl-C (after the current step), and ``resume=True`` continues it bit for bit (``checkpoint.py``).
+A loss or feature that stops being finite ends the run with a ``TrainingDiverged`` error naming
+the iteration; the last checkpoint, from before it, is left as it was.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import platform
 import random
+import signal
+import sys
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,27 +29,42 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, checkpoint
 from .augment import augment
 from .config import Config
-from .data import ImageSet, load_dataset, stratified_subset
+from .data import load_dataset
 from .deepcluster import DeepCluster
-from .evaluate import ari, centroid_drift, hungarian_accuracy, knn_accuracy, linear_probe, nmi
 from .history import History
-from .memory import ODCMemory
-from .method import Method, embed_images, recalibrate_batchnorm
+from .method import Method, recalibrate_batchnorm
 from .models import ClusterNet
 from .odc import ODC
+from .recorder import Recorder
+from .run import FolderContent, Run, describe_position, inspect_folder, load_run
+
+__all__ = ["METHOD_CLASSES", "Run", "TrainingDiverged", "build_model", "check_output", "load_run",
+           "resolve_device", "seed_everything", "train", "train_epoch"]
 
 METHOD_CLASSES = {"odc": ODC, "deepcluster": DeepCluster}
 
 
+class TrainingDiverged(FloatingPointError):
+    """The loss or the network's features stopped being finite; the message says where."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when there is one; asking for CUDA without one is a clear error."""
+    """"auto" picks CUDA when there is one; asking for a CUDA device that is not there is a clear
+    error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but this machine has no CUDA GPU; use 'cpu' or 'auto'")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
+                             "use 'cpu' or 'auto'")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} was asked for but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 
@@ -59,237 +81,373 @@ def build_model(cfg: Config, device: torch.device) -> ClusterNet:
     return model.to(device, memory_format=torch.channels_last)
 
 
-@dataclass
-class Run:
-    """A finished (or loaded) run: its config, history, trained network and, for ODC, memory."""
-    config: Config
-    history: History
-    model: ClusterNet
-    memory: ODCMemory | None = None
-
-    def save(self, directory: str | Path, state: bool = True) -> Path:
-        """Write ``config.json``, ``history.npz`` (no pickles) and, unless ``state=False``,
-        ``model.pt`` (a state dict) and, for ODC, ``memory.npz`` into ``directory``.
-        ``state=False`` keeps only the small record a chapter replays (ResNet-18 weights and a
-        50,000-image memory are some 100 MB)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(directory / "config.json", json.dumps(self.config.to_dict(), indent=2))
-        self.history.save(directory / "history.npz")
-        if not state:
-            return directory
-        tmp = directory / "model.pt.tmp"
-        torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, tmp)
-        tmp.replace(directory / "model.pt")
-        if self.memory is not None:
-            tmp = directory / "memory.tmp.npz"
-            np.savez(tmp, features=self.memory.features.cpu().numpy(),
-                     labels=self.memory.labels.cpu().numpy(),
-                     centroids=self.memory.centroids.cpu().numpy())
-            tmp.replace(directory / "memory.npz")
-        return directory
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def load_run(directory: str | Path, device: str = "cpu") -> Run:
-    """Load what ``Run.save`` wrote. The model is rebuilt from the config and its weights are
-    loaded with ``weights_only=True``; history and memory are plain arrays."""
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no odc_mini run (no config.json)")
-    try:
-        cfg = Config.from_dict(json.loads((directory / "config.json").read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"{directory / 'config.json'} is not a valid odc_mini config ({err})") from None
-    history = History.load(directory / "history.npz")
-    dev = torch.device(device)
-    model = ClusterNet(cfg.arch, cfg.num_clusters, cfg.hid_dim, cfg.feat_dim, cfg.neck_bn_momentum,
-                       cfg.sobel)
-    model.load_state_dict(torch.load(directory / "model.pt", map_location=dev, weights_only=True))
-    model.to(dev).eval()
-    memory = None
-    if (directory / "memory.npz").is_file():
-        with np.load(directory / "memory.npz") as arrays:
-            features = torch.from_numpy(arrays["features"])
-            memory = ODCMemory(features.shape[0], features.shape[1], cfg.num_clusters, cfg.momentum,
-                               cfg.min_cluster, dev, cfg.cosine_centroids, cfg.seed)
-            memory.features.copy_(features)
-            memory.labels.copy_(torch.from_numpy(arrays["labels"]))
-            memory.centroids = torch.from_numpy(arrays["centroids"]).to(dev)
-            memory.recount()   # the running sums and sizes behind the loss weights
-    return Run(cfg, history, model, memory)
-
-
-class Recorder:
-    """Per-epoch measurements of a method; writes them into a History."""
-
-    def __init__(self, cfg: Config, method: Method, train_set: ImageSet, test_set: ImageSet,
-                 history: History):
-        self.cfg, self.method, self.history = cfg, method, history
-        self.train_set, self.test_set = train_set, test_set
-        self.targets = train_set.labels.cpu().numpy()
-        self.snapshot_indices = stratified_subset(train_set.labels.cpu(),
-                                                  min(cfg.snapshot_size, len(train_set)), seed=cfg.seed)
-        history.set_array("targets", self.targets.astype(np.int16))
-        history.set_array("snapshot_indices", self.snapshot_indices.numpy())
-        history.set_array("snapshot_targets", self.targets[self.snapshot_indices.numpy()].astype(np.int16))
-        self.previous_labels: np.ndarray | None = None
-        self.previous_centroids: torch.Tensor | None = None
-
-    def measure_features(self, epoch: int, final: bool) -> dict[str, float]:
-        """kNN (and linear probe when asked) on frozen backbone features; feature snapshot."""
-        cfg, out = self.cfg, {}
-        t0 = time.perf_counter()
-        train_emb = self.method.embed()   # shared with the method's next clustering
-        test_emb = embed_images(self.method.model, self.test_set.images, cfg.eval_batch_size)
-        out["knn_top1"] = knn_accuracy(train_emb.backbone, self.train_set.labels, test_emb.backbone,
-                                       self.test_set.labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
-        if cfg.linear_probe and (epoch == 0 or final):
-            out["linear_top1"] = linear_probe(train_emb.backbone, self.train_set.labels,
-                                              test_emb.backbone, self.test_set.labels, seed=cfg.seed)
-        if epoch % cfg.snapshot_interval == 0 or final:
-            snap = train_emb.neck[self.snapshot_indices.to(train_emb.neck.device)]
-            snap = snap / (snap.norm(dim=1, keepdim=True) + 1e-10)
-            self.history.set_array(f"snapshot_features/{epoch}", snap.cpu().numpy().astype(np.float16))
-        out["eval_seconds"] = time.perf_counter() - t0
-        return out
-
-    def measure_clusters(self, epoch: int) -> dict[str, float]:
-        """Cluster quality and stability of the current pseudo-labels."""
-        cfg, out = self.cfg, {}
-        labels = self.method.pseudo_labels().cpu().numpy().copy()  # never alias the live labels
-        if f"snapshot_features/{epoch}" in self.history.arrays:
-            self.history.set_array(f"snapshot_labels/{epoch}", labels[self.snapshot_indices.numpy()].astype(np.int16))
-        if labels.min() < 0:  # DeepCluster before its first clustering: no labels yet (-1)
-            return out
-        sizes = np.bincount(labels, minlength=cfg.num_clusters)
-        self.history.set_array(f"labels/{epoch}", labels.astype(np.int16 if cfg.num_clusters < 2**15 else np.int32))
-        self.history.set_array(f"sizes/{epoch}", sizes.astype(np.int32))
-        out.update(nmi_classes=nmi(labels, self.targets), ari_classes=ari(labels, self.targets),
-                   empty_clusters=int((sizes == 0).sum()),
-                   small_clusters=int((sizes < cfg.min_cluster).sum()),
-                   min_size=int(sizes.min()), max_size=int(sizes.max()),
-                   clusters_handled=self.method.clusters_handled)
-        self.method.clusters_handled = 0
-        if cfg.num_clusters == len(self.train_set.classes):
-            out["acc_classes"] = hungarian_accuracy(labels, self.targets)
-        centroids = self.method.drift_centroids()
-        if self.previous_labels is not None:
-            out["nmi_previous"] = nmi(labels, self.previous_labels)
-            out["relabelled"] = float((labels != self.previous_labels).mean())
-            # Ids persist in ODC and are already matched for DeepCluster (label overlap), so no
-            # further matching by distance here.
-            out["drift"] = centroid_drift(self.previous_centroids, centroids, match=False)
-        self.previous_labels, self.previous_centroids = labels, centroids
-        return out
-
-
 def train(config: Config, progress: bool = True,
-          callback: Callable[[History], None] | None = None) -> Run:
+          callback: Callable[[History], None] | None = None,
+          out: str | Path | None = None, resume: bool | str = False) -> Run:
     """Train ``config.method`` and record its dynamics. Returns a :class:`Run`.
 
     Row 0 of the per-epoch history is measured before any training step: it is the random-init
     network's kNN/linear accuracy (the baseline) and, for ODC, the initial clustering.
     ``callback(history)``, if given, is called after every recorded epoch, row 0 included (the
     book's live dashboard redraws there); it must not modify the history.
+
+    ``out``: a folder for checkpoints and, at the end, the saved run (``Run.save``). It must be
+    empty or new, unless ``resume=True``: then the run in it is continued exactly where it
+    stopped (or loaded, if it had finished). ``config`` must equal the run's config, except for
+    where the data lives (``data_root``, ``download``). ``resume="auto"`` resumes when ``out``
+    holds a run and starts one otherwise: a notebook cell that can simply be run again.
+
+    Every setting, the device, the output folder and the data are checked before any training,
+    and a bad one raises one ``ValueError`` line naming it.
     """
     cfg = config.validate()
     device = resolve_device(cfg.device)
     if cfg.compile and device.type != "cuda":
         raise ValueError(f"compile=True needs a CUDA device, but the run is on {device.type}; "
                          "torch.compile is off on the CPU (set compile=False)")
-    seed_everything(cfg.seed)
-    train_set, test_set = load_dataset(cfg.dataset, cfg.data_root, cfg.subset, cfg.seed, cfg.download)
-    cfg.check_against_data(len(train_set))
-    train_set, test_set = train_set.to(device), test_set.to(device)
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume={resume!r}; accepted: True, False, 'auto'")
+    out = Path(out) if out is not None else None
+    saved = _open_output(out, cfg, resume, device)
+    if isinstance(saved, Run):
+        return saved                       # resume=True on a finished run: nothing left to do
+    training = _Training(cfg, device, out, progress, callback)
+    return training.run(saved)
 
-    model = build_model(cfg, device)
-    sampler_generator = torch.Generator().manual_seed(cfg.seed)
-    method = METHOD_CLASSES[cfg.method](model, train_set.images, cfg, sampler_generator)
-    if cfg.compile:
-        method.compile()
-    history = History({"config": cfg.to_dict(), "version": __version__, "device": str(device),
-                       "machine": _machine_description(device), "classes": list(train_set.classes)})
-    recorder = Recorder(cfg, method, train_set, test_set, history)
-    augment_cfg = cfg.augment_config()
-    augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    order_generator = torch.Generator().manual_seed(cfg.seed)   # host side: no GPU sync per batch
 
-    start = time.perf_counter()
-    if cfg.recalibrate_bn:  # before the baseline too, so the random network is measured at its best
-        recalibrate_batchnorm(model, train_set.images, cfg.eval_batch_size)
-    row = recorder.measure_features(0, final=False)       # the random-init network
-    t0 = time.perf_counter()
-    method.setup(progress=progress)
-    row["train_seconds"] = time.perf_counter() - t0
-    row.update(recorder.measure_clusters(0))
-    row["wall_seconds"] = time.perf_counter() - start
-    history.add_epoch(epoch=0, **row)
-    if callback is not None:
-        callback(history)
+def check_output(out: str | Path, cfg: Config, resume: bool) -> FolderContent:
+    """Check that the folder ``out`` can take the run of ``cfg`` (empty or new), or, with
+    ``resume``, that it holds a run of ``cfg`` to continue. One ``ValueError`` line otherwise.
+    Reads no more than the config of what is there."""
+    out = Path(out)
+    content = inspect_folder(out)
+    if content.kind == "foreign":
+        raise ValueError(f"output folder {out} cannot take the run: {content.detail}; choose an "
+                         "empty or new folder")
+    if content.kind == "empty":
+        if resume:
+            raise ValueError(f"cannot resume {out}: it holds no run (no {checkpoint.FILE_NAME})")
+        return content
+    differences = checkpoint.config_differences(content.config, cfg.to_dict())
+    if resume:
+        if content.version is not None and content.version != __version__:
+            raise ValueError(f"cannot resume {out}: its checkpoint was written by odc_mini "
+                             f"{content.version} and this is {__version__}; resume with that "
+                             "version or start a new run")
+        if differences:
+            raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(differences))
+        return content
+    if differences:
+        shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
+        raise ValueError(f"output folder {out} holds a different run ({shown}); choose another "
+                         "folder")
+    if content.kind == "unfinished":
+        raise ValueError(f"output folder {out} holds an unfinished run of this config "
+                         f"({content.detail}); continue it with resume=True (CLI: --resume) or "
+                         "choose another folder")
+    raise ValueError(f"output folder {out} already holds the finished run of this config; load it "
+                     f"with odc_mini.load_run({str(out)!r}) or choose another folder")
 
-    iters_per_epoch = len(train_set) // cfg.batch_size    # the last partial batch is dropped
-    bar = tqdm(total=cfg.epochs * iters_per_epoch, desc=cfg.method, disable=not progress,
-               unit="it", dynamic_ncols=True)
-    train_seconds = row["train_seconds"]
-    for epoch in range(1, cfg.epochs + 1):
+
+def _open_output(out: Path | None, cfg: Config, resume: bool | str,
+                 device: torch.device) -> dict | Run | None:
+    """None (start afresh), the checkpoint to resume from, or the finished run to return."""
+    if out is None:
+        if resume:
+            raise ValueError(f"resume={resume!r} needs out=<the folder of the run to continue>")
+        return None
+    if resume == "auto":
+        resume = inspect_folder(out).kind in ("unfinished", "finished")
+    content = check_output(out, cfg, resume)
+    if content.kind == "empty":
+        return None
+    if content.kind == "finished":
+        return load_run(out, str(device))
+    state = checkpoint.read(out / checkpoint.FILE_NAME)
+    checkpoint.check_resumable(state, cfg.to_dict(), out / checkpoint.FILE_NAME)
+    return state
+
+
+class _Interrupt:
+    """Set by the first Ctrl-C; the loop stops after the current step and checkpoints."""
+    requested = False
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(enabled: bool):
+    """While training with checkpoints, the first SIGINT (Ctrl-C, a notebook's "interrupt")
+    only sets a flag, so the run stops between two steps with a consistent state to save; a
+    second one interrupts at once. Only the main thread can own signal handlers."""
+    flag = _Interrupt()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:            # set from C: we could not restore it
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.requested = True
+        signal.signal(signal.SIGINT, previous)
+        print("\nodc_mini: interrupted; finishing this step and saving a checkpoint "
+              "(interrupt again to stop at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Training:
+    """One training run in progress: what a checkpoint saves and restores, and the loop."""
+
+    def __init__(self, cfg: Config, device: torch.device, out: Path | None, progress: bool,
+                 callback: Callable[[History], None] | None):
+        self.cfg, self.device, self.out = cfg, device, out
+        self.progress, self.callback = progress, callback
+        seed_everything(cfg.seed)
+        train_set, test_set = load_dataset(cfg.dataset, cfg.data_root, cfg.subset, cfg.seed, cfg.download)
+        cfg.check_against_data(len(train_set))
+        self.train_set, self.test_set = train_set.to(device), test_set.to(device)
+
+        self.model = build_model(cfg, device)
+        # Every generator the run draws from, by name (checkpoints save each one's state).
+        self.generators = {
+            "sampler": torch.Generator().manual_seed(cfg.seed),                 # order, k-means seeds
+            "augment": torch.Generator(device=device).manual_seed(cfg.seed),
+            "order": torch.Generator().manual_seed(cfg.seed),   # colour-op order: host side, no sync
+        }
+        self.method: Method = METHOD_CLASSES[cfg.method](self.model, self.train_set.images, cfg,
+                                                         self.generators["sampler"])
+        if cfg.compile:
+            self.method.compile()
+        self.history = History({"config": cfg.to_dict(), "version": __version__,
+                                "device": str(device), "machine": _machine_description(device),
+                                "classes": list(train_set.classes)})
+        self.recorder = Recorder(cfg, self.method, self.train_set, self.test_set, self.history)
+        self.augment_cfg = cfg.augment_config()
+        self.iterations = len(train_set) // cfg.batch_size   # the last partial batch is dropped
+        self.epoch = 0               # epochs recorded in the history (0: only the initial row)
+        self.partial: dict | None = None   # an epoch stopped part-way (see ``_train_epoch``)
+        self.train_seconds = 0.0
+        self.wall_before = 0.0       # wall seconds spent before this process (a resumed run)
+        self.started = time.perf_counter()
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, saved: dict | None) -> Run:
+        cfg = self.cfg
+        if self.out is not None:      # files of a write that a kill cut short
+            for stale in self.out.glob(f".{checkpoint.FILE_NAME}.*.tmp"):
+                stale.unlink()
+        with _deferred_interrupt(enabled=self.out is not None) as interrupt:
+            if saved is None:
+                self._initial_row()
+            else:
+                self._restore(saved)
+            self._stop_if(interrupt)
+            done = self.epoch * self.iterations + (self.partial["step"] if self.partial else 0)
+            bar = tqdm(total=cfg.epochs * self.iterations, initial=done, desc=cfg.method,
+                       disable=not self.progress, unit="it", dynamic_ncols=True)
+            try:
+                for epoch in range(self.epoch + 1, cfg.epochs + 1):
+                    self._train_epoch(epoch, interrupt, bar)
+                    self._stop_if(interrupt)
+            finally:
+                bar.close()
+        memory = self.method.memory if isinstance(self.method, ODC) else None
+        run = Run(cfg, self.history, self.model, memory)
+        if self.out is not None:
+            run.save(self.out)
+            (self.out / checkpoint.FILE_NAME).unlink(missing_ok=True)
+        return run
+
+    def _initial_row(self) -> None:
+        """Row 0: the random-init network, and the initial clustering (ODC)."""
+        if self.cfg.recalibrate_bn:   # before the baseline too: the random network at its best
+            recalibrate_batchnorm(self.model, self.train_set.images, self.cfg.eval_batch_size)
+        row = self._guarded(0, lambda: self.recorder.measure_features(0, final=False))
         t0 = time.perf_counter()
-        lr = cfg.lr * (0.4 if epoch > int(0.9 * cfg.epochs) else 1.0)  # reference: x0.4 late
-        for group in method.optimizer.param_groups:
+        self._guarded(0, lambda: self.method.setup(progress=self.progress))
+        self.train_seconds = row["train_seconds"] = time.perf_counter() - t0
+        row.update(self.recorder.measure_clusters(0))
+        row["wall_seconds"] = self.wall_seconds()
+        self.history.add_epoch(epoch=0, **row)
+        self._end_of_epoch()
+
+    def _train_epoch(self, epoch: int, interrupt: _Interrupt, bar) -> None:
+        cfg, iterations = self.cfg, self.iterations
+        t0 = time.perf_counter()
+        if self.partial is not None:          # resume the epoch a checkpoint stopped in
+            part, self.partial = self.partial, None
+            lr, order, start = part["lr"], part["order"].to(self.device), part["step"]
+            rows = list(part["rows"].to(self.device).unbind(0))
+        else:
+            lr = cfg.lr * (0.4 if epoch > int(0.9 * cfg.epochs) else 1.0)  # reference: x0.4 late
+            # One host-to-device copy per epoch: a blocking copy per batch would wait for the GPU.
+            order = self._guarded(epoch, lambda: self.method.epoch_indices(epoch)).to(self.device)
+            start, rows = 0, []
+        for group in self.method.optimizer.param_groups:
             group["lr"] = lr
-        # One host-to-device copy per epoch: a blocking copy per batch would wait for the GPU.
-        order = method.epoch_indices(epoch).to(device)
+        check_every_step = self.device.type != "cuda"   # free on the CPU; a sync on a GPU
 
-        def show(b: int, step: torch.Tensor) -> None:
+        def on_step(b: int, step: torch.Tensor) -> bool:
             bar.update()
-            if not bar.disable and (b % 10 == 0 or b == iters_per_epoch - 1):  # a sync per 10 steps
-                loss, _, churn = step.tolist()
+            if not bar.disable and (b % 10 == 0 or b == iterations - 1):  # a sync per 10 steps
+                loss, _, churn, _ = step.tolist()
                 bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", churn=f"{churn:.3f}")
+            if check_every_step and not bool(step[3]):
+                raise self._diverged(epoch, rows)
+            return interrupt.requested
 
-        steps = train_epoch(method, train_set.images, order, iters_per_epoch, cfg.batch_size,
-                            augment_cfg, (augment_generator, order_generator), on_step=show)
-        steps = steps.cpu().numpy()
-        train_seconds += time.perf_counter() - t0
-        history.add_iterations(loss=steps[:, 0], acc=steps[:, 1], change_ratio=steps[:, 2],
-                               epoch=epoch - 1 + np.arange(1, iters_per_epoch + 1) / iters_per_epoch,
-                               lr=np.full(iters_per_epoch, lr))
+        try:
+            train_epoch(self.method, self.train_set.images, order, iterations, cfg.batch_size,
+                        self.augment_cfg, (self.generators["augment"], self.generators["order"]),
+                        on_step=on_step, start=start, rows=rows)
+        except TrainingDiverged:
+            raise
+        except FloatingPointError:            # non-finite values reached the memory first
+            raise self._diverged(epoch, rows) from None
+        steps = torch.stack(rows)
+        if not bool(steps[:, 3].all()):       # once per epoch on a GPU
+            raise self._diverged(epoch, rows)
+        self.train_seconds += time.perf_counter() - t0
+        if len(rows) < iterations:            # interrupted: save the epoch so far
+            self.partial = {"epoch": epoch, "step": len(rows), "iterations": iterations,
+                            "order": order, "rows": steps, "lr": lr}
+            self._save_checkpoint()
+            return
+        self._record_epoch(epoch, steps.cpu().numpy(), lr)
+
+    def _record_epoch(self, epoch: int, steps: np.ndarray, lr: float) -> None:
+        cfg, iterations = self.cfg, self.iterations
+        self.history.add_iterations(loss=steps[:, 0], acc=steps[:, 1], change_ratio=steps[:, 2],
+                                    epoch=epoch - 1 + np.arange(1, iterations + 1) / iterations,
+                                    lr=np.full(iterations, lr))
         final = epoch == cfg.epochs
+        churn = steps[:, 2]
         row = dict(epoch=epoch, loss=float(np.mean(steps[:, 0])), acc=float(np.mean(steps[:, 1])),
-                   change_ratio=float(np.nanmean(steps[:, 2])) if not np.isnan(steps[:, 2]).all() else float("nan"),
-                   lr=lr, train_seconds=train_seconds)
+                   change_ratio=float(np.nanmean(churn)) if not np.isnan(churn).all() else float("nan"),
+                   lr=lr, train_seconds=self.train_seconds)
         if epoch % cfg.eval_interval == 0 or final:
-            row.update(recorder.measure_features(epoch, final))
-        row.update(recorder.measure_clusters(epoch))
-        row["wall_seconds"] = time.perf_counter() - start
-        history.add_epoch(**row)
-        if callback is not None:
-            callback(history)
-    bar.close()
-    memory = method.memory if isinstance(method, ODC) else None
-    return Run(cfg, history, model, memory)
+            row.update(self._guarded(epoch, lambda: self.recorder.measure_features(epoch, final)))
+        row.update(self.recorder.measure_clusters(epoch))
+        row["wall_seconds"] = self.wall_seconds()
+        self.history.add_epoch(**row)
+        self.epoch = epoch
+        self._end_of_epoch()
+
+    def _end_of_epoch(self) -> None:
+        self._save_checkpoint()      # before the callback: an error there loses nothing
+        if self.callback is not None:
+            self.callback(self.history)
+
+    def _stop_if(self, interrupt: _Interrupt) -> None:
+        if interrupt.requested:
+            state = {"config": self.cfg.to_dict(), "epoch": self.epoch, "partial": self.partial}
+            raise KeyboardInterrupt(
+                f"interrupted, {describe_position(state)}; the checkpoint is in {self.out}; continue "
+                f"with train(config, out={str(self.out)!r}, resume=True) or "
+                f"python -m odc_mini train --out {self.out} --resume")
+
+    # ------------------------------------------------------------------ failures
+    def _guarded(self, epoch: int, work: Callable):
+        """Run feature extraction or clustering; non-finite features end the run clearly."""
+        try:
+            return work()
+        except FloatingPointError as err:
+            where = "the random-init network" if epoch == 0 else f"the network after epoch {epoch}"
+            raise TrainingDiverged(f"training stopped: {where} gives non-finite features ({err}); "
+                                   f"{self._what_is_kept()}; {self._advice()}") from None
+
+    def _diverged(self, epoch: int, rows: list[torch.Tensor]) -> TrainingDiverged:
+        steps = torch.stack(rows).cpu() if rows else torch.zeros(0, 4)
+        bad = torch.nonzero(steps[:, 3] == 0).flatten()
+        if len(bad) == 0:
+            what, b = "the ODC memory received non-finite features", len(rows) - 1
+        else:
+            b = int(bad[0])
+            loss = float(steps[b, 0])
+            what = (f"the loss became {loss}" if not np.isfinite(loss)
+                    else "the network's features became non-finite")
+        iteration = (epoch - 1) * self.iterations + b + 1
+        return TrainingDiverged(f"training stopped at iteration {iteration} (epoch {epoch}, step "
+                                f"{b + 1} of {self.iterations}): {what}; {self._what_is_kept()}; "
+                                f"{self._advice()}")
+
+    def _what_is_kept(self) -> str:
+        if self.out is None:
+            return "nothing was saved (pass out=<folder> to keep checkpoints)"
+        path = self.out / checkpoint.FILE_NAME
+        if not path.is_file():
+            return "nothing was saved"
+        return f"{path} still holds the run as it was after epoch {self.epoch}, before the failure"
+
+    def _advice(self) -> str:
+        return (f"try a new run with a lower learning rate than lr={self.cfg.lr:g} "
+                f"(e.g. lr={self.cfg.lr / 10:g}) or a larger batch size than {self.cfg.batch_size}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self) -> None:
+        if self.out is None:
+            return
+        history = np.frombuffer(self.history.to_bytes(compress=False), dtype=np.uint8)
+        state = {
+            "format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
+            "version": __version__, "config": self.cfg.to_dict(),
+            "epoch": self.epoch, "partial": checkpoint.to_cpu(self.partial),
+            "model": checkpoint.to_cpu(self.model.state_dict()),
+            "method": checkpoint.to_cpu(self.method.state_dict()),
+            "recorder": checkpoint.to_cpu(self.recorder.state_dict()),
+            "rng": checkpoint.capture_rng(self.generators),
+            "history": torch.from_numpy(history.copy()),
+            "clock": {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()},
+        }
+        checkpoint.atomic_save(state, self.out / checkpoint.FILE_NAME)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        source = f"{self.out / checkpoint.FILE_NAME} (its history)"
+        self.history = History.from_bytes(state["history"].numpy().tobytes(), source)
+        self.recorder.history = self.history
+        self.recorder.load_state_dict(state["recorder"])
+        self.epoch, self.partial = state["epoch"], state["partial"]
+        self.train_seconds = state["clock"]["train_seconds"]
+        self.wall_before, self.started = state["clock"]["wall_seconds"], time.perf_counter()
+        self.history.meta.setdefault("resumed", []).append(
+            {"epoch": self.epoch, "step": self.partial["step"] if self.partial else 0})
+        checkpoint.restore_rng(state["rng"], self.generators)
 
 
 def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, iterations: int,
                 batch_size: int, augment_cfg, generators: tuple[torch.Generator, torch.Generator],
-                on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """The hot loop: ``iterations`` steps over consecutive batches of ``order`` (indices on the
-    images' device). Returns an (iterations, 3) tensor of loss, pseudo-label accuracy and change
-    ratio, still on the device: nothing here waits for a GPU unless ``on_step`` does."""
+                on_step: Callable[[int, torch.Tensor], bool | None] | None = None, *,
+                start: int = 0, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The hot loop: steps ``start .. iterations-1`` over consecutive batches of ``order``
+    (indices on the images' device). Returns the (steps, 4) tensor of loss, pseudo-label
+    accuracy, change ratio and "all finite" (1.0 or 0.0), still on the device: nothing here
+    waits for a GPU unless ``on_step`` does.
+
+    ``on_step(b, row)`` is called after step ``b``; if it returns True the loop stops there.
+    ``rows``, if given, is the list each step's row is appended to (rows of earlier steps of
+    the epoch may already be in it): it keeps the steps taken when an exception ends the loop.
+    """
     method.model.train()
-    steps = []
-    for b in range(iterations):
+    rows = [] if rows is None else rows
+    for b in range(start, iterations):
         idx = order[b * batch_size:(b + 1) * batch_size]
         x = augment(images[idx], augment_cfg, *generators)
         out = method.train_step(x.contiguous(memory_format=torch.channels_last), idx)
-        steps.append(torch.stack([out["loss"], out["acc"], out["change_ratio"]]))
-        if on_step is not None:
-            on_step(b, steps[-1])
-    return torch.stack(steps)
+        rows.append(torch.stack([out["loss"], out["acc"], out["change_ratio"],
+                                 out["finite"].to(out["loss"].dtype)]))
+        if on_step is not None and on_step(b, rows[-1]):
+            break
+    return torch.stack(rows)
 
 
 def _machine_description(device: torch.device) -> str:

@@ -73,6 +73,24 @@ def test_an_interrupted_training_leaves_no_cached_run(tmp_path):
     assert cache_status(tiny(), tmp_path) == "missing"
 
 
+def test_an_interrupted_training_resumes_on_the_next_call(tmp_path):
+    def interrupt(history):
+        if history.num_epochs == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        cached_run(tiny(epochs=3), tmp_path / "a", progress=False, callback=interrupt)
+    seen = []
+    resumed = cached_run(tiny(epochs=3), tmp_path / "a", progress=False,
+                         callback=lambda h: seen.append(h.num_epochs))
+    assert seen == [3]                       # epochs 1 and 2 came from the checkpoint
+    clean = cached_run(tiny(epochs=3), tmp_path / "b", progress=False)
+    for key in ("loss", "change_ratio"):
+        np.testing.assert_array_equal(resumed.history.iteration(key), clean.history.iteration(key))
+    np.testing.assert_array_equal(resumed.memory.labels.numpy(), clean.memory.labels.numpy())
+    assert cache_status(tiny(epochs=3), tmp_path / "a") == "fresh"
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [cache_path(tiny(epochs=3), tmp_path / "a").name]
+
+
 def test_callback_sees_every_epoch_as_it_is_recorded(tmp_path):
     seen = []
     cached_run(tiny(epochs=3), tmp_path, progress=False,

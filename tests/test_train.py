@@ -140,11 +140,11 @@ def test_save_load_round_trip(odc_run, tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (dict(method="kmeans"), "unknown method 'kmeans'; accepted: odc, deepcluster"),
     (dict(momentum=1.5), "momentum=1.5 is outside [0, 1]"),
-    (dict(num_clusters=1), "num_clusters=1 must be at least 2"),
+    (dict(num_clusters=1), "num_clusters=1 must be an integer, at least 2"),
     (dict(num_clusters=900, min_cluster=0), "num_clusters=900 exceeds the 800 training images"),
     (dict(min_cluster=100), "min_cluster x num_clusters = 100 x 10 exceeds the 800 training images; lower either"),
     (dict(epochs=0), "epochs=0 must be a positive integer"),
-    (dict(lr=0.0), "lr=0.0 must be > 0"),
+    (dict(lr=0.0), "lr=0.0 must be a finite number > 0"),
 ])
 def test_bad_config_one_line_error(bad, message):
     with pytest.raises(ValueError) as err:
