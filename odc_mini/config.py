@@ -135,14 +135,14 @@ class Config:
         one_of("dataset", self.dataset, DATASETS)
         one_of("sampler", self.sampler, SAMPLERS)
         if not isinstance(self.momentum, (int, float)) or not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum={self.momentum} is outside [0, 1]")
+            raise ValueError(f"momentum={self.momentum!r} is outside [0, 1]")
         for name in ("epochs", "batch_size", "kmeans_iters", "centroid_interval", "deal_interval",
                      "eval_interval", "snapshot_interval", "eval_batch_size", "feat_dim", "hid_dim"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr={self.lr} must be a finite number > 0")
+            raise ValueError(f"lr={self.lr!r} must be a finite number > 0")
         if not _is_int(self.num_clusters) or self.num_clusters < 2:
             raise ValueError(f"num_clusters={self.num_clusters} must be an integer, at least 2")
         if not _is_int(self.min_cluster) or self.min_cluster < 0:

@@ -56,16 +56,20 @@ def resolve_device(name: str) -> torch.device:
     error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
                              "use 'cpu' or 'auto'")
-        index = torch.device(name).index
+        index = device.index
         if index is not None and index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} was asked for but this machine has "
                              f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 to "
                              f"cuda:{torch.cuda.device_count() - 1}")
-    return torch.device(name)
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -103,6 +103,7 @@ SETTINGS = [
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: cifar10, synthetic"),
     (["--profile", "huge"], "unknown profile 'huge'; accepted: quick, full"),
     (["--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
+    (["--device", "cuda:x"], "unknown device 'cuda:x'; accepted: auto, cpu, cuda, cuda:N"),
 ]
 
 
