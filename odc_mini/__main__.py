@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import distributed
 from .config import ARCHS, DATASETS, METHODS, PROFILES, SAMPLERS, Config
 
 # CLI flag -> Config field, for the settings people change most.
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = {}
         for method, (cfg, out) in plan.items():
             runs[method] = train(cfg, progress=not args.no_progress, out=out, resume=args.resume)
-            print(f"{method}: saved to {out}", flush=True)
+            if distributed.is_main():       # under torchrun: rank 0 reports
+                print(f"{method}: saved to {out}", flush=True)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"\n{err or 'interrupted'}", file=sys.stderr)
         return 130
-    print(summary_table(runs))
+    if distributed.is_main():
+        print(summary_table(runs))
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from . import distributed
 from .kmeans import kmeans, l2_normalize, pca_whiten
 from .method import Method
 
@@ -78,6 +79,7 @@ class DeepCluster(Method):
         x = l2_normalize(pca_whiten(z, self.cfg.pca_dim))
         _, labels = kmeans(x, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters,
                            seed=self.cfg.seed + epoch)
+        distributed.broadcast_(labels)   # several ranks: all take rank 0's clustering
         if self.matched_labels[0] >= 0:
             self.previous_matched = self.matched_labels
             mapping = match_cluster_ids(self.previous_matched, labels, self.cfg.num_clusters)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from . import distributed
 from .kmeans import kmeans
 
 _EPS = 1e-10  # the reference code's guard in every L2 normalisation
@@ -221,6 +222,8 @@ class ODCMemory:
             keep &= chosen
         means = (self.sums / self.counts.clamp(min=1).unsqueeze(1)).to(self.centroids.dtype)
         self.centroids = torch.where(keep.unsqueeze(1), means, self.centroids)
+        # Several ranks hold replicas: rank 0's centroids, so that rounding cannot make them drift.
+        distributed.broadcast_(self.centroids)
 
     def update_centroids(self, clusters: torch.Tensor | None = None) -> None:
         """Recompute centroids as member means from the whole memory: all of them, or only the
@@ -262,6 +265,7 @@ class ODCMemory:
             second_half = self._split_in_two(self.features[member_idx])
             self.labels[member_idx[second_half]] = empty
             self.update_centroids(torch.tensor([largest, empty]))
+        distributed.broadcast_(self.labels)   # several ranks: rank 0's split
         self.recount()
         return len(small_ids)
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .augment import normalize
 
 
@@ -110,9 +111,21 @@ class Method:
         self._forward_model: nn.Module = model   # what train steps call: the model or its compiled twin
 
     def compile(self) -> None:
-        """Train with ``torch.compile(model)`` (same parameters; the model's own
+        """Train with ``torch.compile`` of the training forward (same parameters; the model's own
         ``state_dict`` keys are unchanged). Feature extraction stays eager."""
-        self._forward_model = torch.compile(self.model)
+        self._forward_model = torch.compile(self._forward_model)
+
+    def distribute(self) -> None:
+        """Train through ``DistributedDataParallel`` (several ranks; see ``distributed.py``).
+        Buffers are not broadcast: the global-batch BN keeps them equal on every rank."""
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        try:
+            self._forward_model = DistributedDataParallel(self.model, device_ids=ids,
+                                                          forward_sync_buffers=False)
+        except TypeError:   # torch before forward_sync_buffers
+            self._forward_model = DistributedDataParallel(self.model, device_ids=ids,
+                                                          broadcast_buffers=False)
 
     @property
     def num_samples(self) -> int:
@@ -127,8 +140,12 @@ class Method:
         share one extraction.
         """
         if self._embedding is None or self._embedding[0] != self.iteration:
-            features = embed_images(self.model, self.images, self.cfg.eval_batch_size,
-                                    self.progress, desc=f"{self.name}: extract")
+            # Several ranks: each extracts its shard, then all gather the whole.
+            n = self.num_samples
+            part = embed_images(self.model, self.images[distributed.shard(n)],
+                                self.cfg.eval_batch_size, self.progress, desc=f"{self.name}: extract")
+            features = Embedding(distributed.gather_rows(part.backbone, n),
+                                 distributed.gather_rows(part.neck, n))
             if not bool(torch.isfinite(features.neck).all()):   # one check per extraction
                 raise FloatingPointError("NaN or inf in the extracted features")
             self._embedding = (self.iteration, features)
@@ -137,7 +154,15 @@ class Method:
     def sgd_step(self, logits: torch.Tensor, target: torch.Tensor,
                  weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Cross-entropy (weighted mean when ``weight`` is given), backward, SGD step."""
-        loss = nn.functional.cross_entropy(logits.float(), target, weight=weight)
+        if weight is not None and distributed.is_distributed():
+            # Divide by the weight sum of the global batch: DDP's average of the ranks' losses is
+            # then the single-process weighted mean.
+            per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none")
+            w = weight[target]
+            total = distributed.sum_(w.sum().detach().clone())
+            loss = (w * per_sample).sum() / total * distributed.world_size()
+        else:
+            loss = nn.functional.cross_entropy(logits.float(), target, weight=weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

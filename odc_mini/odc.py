@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from . import distributed
 from .kmeans import kmeans
 from .memory import ODCMemory
 from .method import Method
@@ -40,7 +41,7 @@ class ODC(Method):
         z = self.embed().neck
         z = z / (z.norm(dim=1, keepdim=True) + 1e-10)
         _, labels = kmeans(z, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters, seed=self.cfg.seed)
-        self.memory.init_memory(z, labels)
+        self.memory.init_memory(z, distributed.broadcast_(labels))   # rank 0's clustering
         # The reference asserts that no cluster is empty here; small data or a large K can break
         # that, so we repair instead (spec §6 [R]).
         self.clusters_handled += self.memory.deal_with_small_clusters()
@@ -63,8 +64,10 @@ class ODC(Method):
     def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         z, logits = self.forward(x)
         out = self.sgd_step(logits, self.memory.labels[idx], self.weights)
+        # Several ranks: every replica of the memory takes the whole global batch.
+        z, idx = distributed.gather_cat(z.detach().float()), distributed.gather_cat(idx)
         out["finite"] = out["finite"] & torch.isfinite(z).all()
-        out["change_ratio"], handled = self.memory.step(idx, z.detach().float())
+        out["change_ratio"], handled = self.memory.step(idx, z)
         self.clusters_handled += handled
         self.iteration += 1
         self.refresh_weights()
