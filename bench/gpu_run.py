@@ -180,7 +180,15 @@ def main(argv=None) -> dict:
                             "eval_interval": eval_interval,
                             "snapshot_interval": None})   # None: recomputed from the epochs
         t0 = time.perf_counter()
-        run = train(run_cfg, progress=False)
+        partial = out / method / "partial-history.npz"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        # Every 5th recorded epoch's history, so a run stopped at the slot's time limit keeps its
+        # curves (not every epoch: compressing 100 epochs of labels takes about a second).
+        def keep(history, partial=partial):
+            if history.num_epochs % 5 == 0:
+                history.save(partial)
+        run = train(run_cfg, progress=False, callback=keep)
+        partial.unlink(missing_ok=True)
         wall = time.perf_counter() - t0
         run.save(out / method, state=False)          # config.json and history.npz only
         h = run.history

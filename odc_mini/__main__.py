@@ -1,8 +1,9 @@
-"""Command line: ``python -m odc_mini train ...`` and ``python -m odc_mini compare ...``.
+"""Command line: ``python -m odc_mini train ...``, ``compare ...`` and ``experiment ...``.
 
     python -m odc_mini train --method odc --profile quick --out runs/odc-quick
     python -m odc_mini train --out runs/odc-quick --resume      # after a crash or Ctrl-C
     python -m odc_mini compare --profile quick --out runs/compare-quick
+    python -m odc_mini experiment --list                        # the book's saved runs
 
 Runs are checkpointed into ``--out`` at every epoch end and on Ctrl-C. ``--resume`` continues the
 run in ``--out`` with its own settings; a setting given on the command line must match it.
@@ -13,6 +14,7 @@ exits with 1, an interrupted one with 130 (after saving its checkpoint).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -63,7 +65,64 @@ def build_parser() -> argparse.ArgumentParser:
     compare_p = commands.add_parser("compare", help="train both methods with the same settings "
                                     "and print a summary table")
     common(compare_p)
+    exp_p = commands.add_parser("experiment", help="train a named experiment of the book and "
+                                "save its compact run into odc_mini/saved_runs (see --list)")
+    exp_p.add_argument("names", nargs="*", help="experiment names (python -m odc_mini "
+                       "experiment --list)")
+    exp_p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    exp_p.add_argument("--from", dest="source", default=None,
+                       help="save the finished run in this folder (trained elsewhere) instead "
+                            "of training; one name only")
+    exp_p.add_argument("--work", default="runs/experiments",
+                       help="folder the runs train (and checkpoint) in (default: %(default)s)")
+    exp_p.add_argument("--saved-dir", default=None, help="where to save (default: the package's "
+                       "saved_runs folder)")
+    exp_p.add_argument("--data-root", default=None, help="folder holding cifar10.npz")
+    exp_p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                       help="an extra provenance item, e.g. torch=2.11.0 (repeatable)")
+    exp_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    """``python -m odc_mini experiment``: list, train and save, or save a run trained elsewhere."""
+    from . import experiments, saved
+    from .history import History
+    from .run import inspect_folder
+    from .train import check_output, train
+    if args.list or not args.names:
+        present = set(saved.names(args.saved_dir))
+        for name, exp in experiments.EXPERIMENTS.items():
+            print(f"{'saved' if name in present else '-':6s}{name:26s}{exp.about}")
+        return 0
+    chosen = [experiments.get(name) for name in args.names]     # every name before any work
+    notes = {}
+    for note in args.note:
+        key, sep, value = note.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--note {note!r} must be KEY=VALUE")
+        notes[key] = value
+    if args.source is not None:
+        if len(chosen) != 1:
+            raise ValueError(f"--from saves one run; {len(chosen)} names were given")
+        source = Path(args.source)
+        history = History.load(source / "history.npz")
+        config = Config.from_dict(json.loads((source / "config.json").read_text()))
+        folder = saved.save(history, config, chosen[0].name, args.saved_dir, **notes)
+        print(f"{chosen[0].name}: saved to {folder}")
+        return 0
+    plan = []
+    for exp in chosen:
+        cfg = exp.config(data_root=args.data_root).validate()
+        out = Path(args.work) / exp.name
+        resume = inspect_folder(out).kind in ("unfinished", "finished")   # continue, or start
+        check_output(out, cfg, resume)
+        plan.append((exp, cfg, out, resume))
+    for exp, cfg, out, resume in plan:
+        run = train(cfg, progress=not args.no_progress, out=out, resume=resume)
+        folder = saved.save(run.history, run.config, exp.name, args.saved_dir, **notes)
+        print(f"{exp.name}: saved to {folder}", flush=True)
+    return 0
 
 
 def config_from_args(args: argparse.Namespace, method: str, base: dict | None = None) -> Config:
@@ -111,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .train import TrainingDiverged, check_output, train  # after parsing: --help stays fast
     try:
+        if args.command == "experiment":
+            return experiment_command(args)
         if args.command == "train":
             folders = {args.method: Path(args.out)}
         else:

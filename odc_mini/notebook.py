@@ -132,3 +132,14 @@ def show_source(obj, lines: tuple[int, int] | None = None):
     if lines is not None:
         source = "\n".join(source.splitlines()[lines[0] - 1:lines[1]])
     return Code(source, language="python")
+
+
+def html_table(header, rows):
+    """A small HTML table (myst-nb renders Markdown output without tables)."""
+    from IPython.display import HTML
+
+    def cells(row, tag):
+        return "".join(f"<{tag}>{c}</{tag}>" for c in row)
+    body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    return HTML(f"<table style='border-spacing: 0.8em 0.1em'>"
+                f"<thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body}</tbody></table>")

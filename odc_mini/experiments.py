@@ -1,0 +1,151 @@
+"""The experiments behind the book's numbers: each a name, a config and what its saved run keeps.
+
+    python -m odc_mini experiment --list
+    python -m odc_mini experiment quick-odc-k100-m0.5         # train it here and save it
+
+Every saved run in ``odc_mini/saved_runs/`` (see :mod:`odc_mini.saved`) is one of these, trained by
+the command its ``provenance.json`` records. Chapters look runs up by config, so a chapter that
+asks for the config of an experiment replays its saved run instead of training.
+
+* ``quick-*``: the quick profile (10,000 images, small CNN, 10 epochs) over K ∈ {10, 100, 1000}
+  and, for ODC, memory momentum m ∈ {0.1, 0.5, 0.9}. ``min_cluster`` keeps the profile's ratio
+  to the mean cluster size N/K (15 at K = 100, so 150 at K = 10 and 2 at K = 1000; the profile's
+  15 at K = 1000 would ask for 15,000 images in clusters of at least 15, more than there are).
+  The two K = 100, m = 0.5 runs are the chapters' own quick runs.
+* ``cpu50k-*``: the quick profile's network and settings on all 50,000 images for 50 epochs, a
+  background run of about an hour per method on a 2-core CPU.
+* ``gpu-*``: the full profile (ResNet-18, all of CIFAR-10) on one GPU, by ``bench/gpu_run.py``.
+* ``golden-*``: short quick-profile runs that ``tests/test_golden.py`` re-runs on every CI
+  build and compares with their saved runs.
+* ``ablation-*``: chapter 7's tiny sweeps (1,200 images, 3 epochs), one knob at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config
+
+QUICK_KS = (10, 100, 1000)
+QUICK_MOMENTA = (0.1, 0.5, 0.9)
+
+# Chapter 7: a base run and one sweep per ODC knob (each sweep passes through the base value).
+ABLATION_BASE = dict(subset=1200, epochs=3, batch_size=64, num_clusters=30, min_cluster=10,
+                     eval_interval=3, linear_probe=False, snapshot_size=500)
+ABLATION_SWEEPS = {"momentum": [0.1, 0.5, 0.9],
+                   "num_clusters": [10, 30, 100],
+                   "min_cluster": [0, 10, 30],
+                   "centroid_interval": [1, 10, 50]}
+
+# The golden runs: short enough for every CI build (15 iterations per epoch), long enough for
+# every per-epoch record (kNN and the linear probe each epoch, NMI between epochs, drift).
+GOLDEN = dict(profile="quick", subset=2000, epochs=3, num_clusters=20, min_cluster=15,
+              eval_interval=1, snapshot_size=500)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    settings: dict                      # Config keyword arguments
+    about: str
+    # What the saved run keeps of the label banks and snapshots (see History.compact):
+    # "all", "ends" (first and last epoch), "three" (first, middle, last) or "none".
+    keep_labels: str = "none"
+    keep_snapshots: str = "none"
+    # How the run was trained when not by ``python -m odc_mini experiment NAME`` (a long CPU run
+    # of the train CLI, the GPU script); its folder is then saved with ``--from``.
+    trained_with: str | None = None
+
+    def config(self, **overrides) -> Config:
+        return Config(**{**self.settings, **overrides})
+
+    def command(self) -> str:
+        """The command that trains this experiment's run, as its provenance records it."""
+        return self.trained_with or f"python -m odc_mini experiment {self.name}"
+
+
+def quick_min_cluster(k: int) -> int:
+    """The quick profile's min_cluster (15 at K = 100 on 10,000 images) at the same ratio to N/K."""
+    return max(1, round(15 * 100 / k))
+
+
+def _registry() -> dict[str, Experiment]:
+    runs: list[Experiment] = []
+    for k in QUICK_KS:
+        for m in QUICK_MOMENTA:
+            chapter = k == 100 and m == 0.5
+            runs.append(Experiment(
+                f"quick-odc-k{k}-m{m}",
+                dict(method="odc", profile="quick", num_clusters=k, momentum=m,
+                     min_cluster=quick_min_cluster(k)),
+                f"ODC, quick profile, K = {k}, memory momentum {m}"
+                + (" (chapters 4 and 5)" if chapter else ""),
+                keep_labels="all" if chapter else "ends",
+                keep_snapshots="three" if chapter else "none"))
+        chapter = k == 100
+        runs.append(Experiment(
+            f"quick-deepcluster-k{k}",
+            dict(method="deepcluster", profile="quick", num_clusters=k,
+                 min_cluster=quick_min_cluster(k)),
+            f"DeepCluster, quick profile, K = {k}" + (" (chapters 4 and 5)" if chapter else ""),
+            keep_labels="all" if chapter else "ends",
+            keep_snapshots="three" if chapter else "none"))
+    for method in ("odc", "deepcluster"):
+        runs.append(Experiment(
+            f"cpu50k-{method}",
+            dict(method=method, profile="quick", subset=50_000, epochs=50),
+            f"{'ODC' if method == 'odc' else 'DeepCluster'}, small CNN on all 50,000 images, "
+            "50 epochs (quick-profile settings otherwise)",
+            keep_labels="ends",
+            trained_with=f"python -m odc_mini train --method {method} --profile quick "
+                         f"--subset 50000 --epochs 50 --out runs/cpu50k/{method}"))
+    gpu_command = ("python bench/gpu_run.py --data-root .gpu_data --out OUT/gpu --budget-s 490 "
+                   "--max-epochs 100")
+    for method in ("odc", "deepcluster"):
+        runs.append(Experiment(
+            f"gpu-{method}", dict(method=method, profile="full", eval_interval=10),
+            f"{'ODC' if method == 'odc' else 'DeepCluster'}, full profile (ResNet-18, all of "
+            "CIFAR-10, 100 epochs) on one GPU",
+            keep_labels="ends", trained_with=gpu_command))
+    runs.append(Experiment(
+        "gpu-deepcluster-sobel",
+        dict(method="deepcluster", profile="full", sobel=True, epochs=80, eval_interval=10),
+        "DeepCluster, full profile with the Sobel filter of its paper, 80 epochs, on one GPU",
+        keep_labels="ends",
+        trained_with="python -c \"from odc_mini import Config, train; "
+                     "train(Config(method='deepcluster', profile='full', sobel=True, epochs=80, "
+                     "eval_interval=10, data_root='.gpu_data'), progress=False)"
+                     ".save('OUT/dcsobel', state=False)\""))
+    for method in ("odc", "deepcluster"):
+        runs.append(Experiment(f"golden-{method}", dict(method=method, **GOLDEN),
+                               f"{'ODC' if method == 'odc' else 'DeepCluster'}: the short "
+                               "run tests/test_golden.py re-runs", keep_labels="ends"))
+    for key, value in ablation_keys():
+        overrides = {} if key is None else {key: value}
+        suffix = "base" if key is None else f"{key}-{value}"
+        runs.append(Experiment(
+            f"ablation-{suffix}",
+            dict(method="odc", profile="quick", **{**ABLATION_BASE, **overrides}),
+            f"chapter 7: tiny ODC run, {'the base settings' if key is None else f'{key} = {value}'}",
+            keep_labels="ends"))
+    return {run.name: run for run in runs}
+
+
+def ablation_keys() -> list[tuple[str | None, object]]:
+    """Chapter 7's distinct runs: (None, None) for the base, (knob, value) for each sweep value
+    other than the base's, and ("seed", 1) for the base with another seed."""
+    base = Config(profile="quick", **ABLATION_BASE)
+    keys: list[tuple[str | None, object]] = [(None, None)]
+    for knob, values in ABLATION_SWEEPS.items():
+        keys += [(knob, v) for v in values if v != getattr(base, knob)]
+    return keys + [("seed", 1)]
+
+
+EXPERIMENTS: dict[str, Experiment] = _registry()
+
+
+def get(name: str) -> Experiment:
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown experiment {name!r}; accepted: "
+                         f"{', '.join(EXPERIMENTS)}") from None

@@ -1,0 +1,166 @@
+"""Saved runs: compact histories, the experiments registry, lookup by config, the comparison
+with bands, and the committed runs themselves (checked against their own label banks)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from odc_mini import Config, experiments, saved, train
+from odc_mini.evaluate import nmi
+from odc_mini.experiments import Experiment
+from odc_mini.history import History
+
+SYNTHETIC = dict(method="odc", profile="quick", dataset="synthetic", subset=300, epochs=4,
+                 batch_size=50, lr=0.05, num_clusters=6, min_cluster=5, pca_dim=16,
+                 snapshot_size=60, snapshot_interval=1, eval_batch_size=300, eval_interval=2,
+                 linear_probe=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    return train(Config(**SYNTHETIC), progress=False)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A registry with one tiny synthetic experiment, kept apart from the real one."""
+    exp = Experiment("tiny", dict(SYNTHETIC), "a test run", keep_labels="ends",
+                     keep_snapshots="three")
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", exp)
+    return exp
+
+
+def test_compact_keeps_every_record_and_only_the_chosen_arrays(tiny_run):
+    h = tiny_run.history
+    c = History.from_bytes(h.compact(label_epochs=[0, 4], snapshot_epochs=[2]).to_bytes())
+    for key in h.iteration_keys:
+        np.testing.assert_array_equal(c.iteration(key), h.iteration(key))
+    for key in h.epoch_keys:
+        np.testing.assert_array_equal(c.epoch(key), h.epoch(key))
+    assert c.label_epochs == [0, 4] and c.snapshot_epochs == [2]
+    np.testing.assert_array_equal(c.labels(4), h.labels(4))
+    np.testing.assert_array_equal(c.snapshot(2)[0], h.snapshot(2)[0])
+    for e in range(5):
+        np.testing.assert_array_equal(c.sizes(e), h.sizes(e))
+    np.testing.assert_array_equal(c.arrays["targets"], h.arrays["targets"])
+    with pytest.raises(KeyError, match="keeps no labels for epoch 3; kept: 0, 4"):
+        c.labels(3)
+    with pytest.raises(KeyError, match="keeps no snapshot_features for epoch 0; kept: 2"):
+        c.snapshot(0)
+    assert h.label_epochs == [0, 1, 2, 3, 4]        # the original is untouched
+
+
+def test_save_load_and_find_by_config(tiny_run, registry, tmp_path):
+    folder = saved.save(tiny_run.history, tiny_run.config, "tiny", tmp_path, torch="x.y")
+    run = saved.load("tiny", tmp_path)
+    assert run.history.label_epochs == [0, 4] and run.history.snapshot_epochs == [0, 2, 4]
+    prov = json.loads((folder / "provenance.json").read_text())
+    assert prov["command"] == "python -m odc_mini experiment tiny" and prov["torch"] == "x.y"
+    assert prov["wall_seconds"] == pytest.approx(tiny_run.history.last("wall_seconds"))
+    assert json.loads((folder / "config.json").read_text()).get("data_root", "absent") == "absent"
+    # found for the same settings, wherever the data lives and whatever the device
+    found = saved.find(Config(**{**SYNTHETIC, "data_root": "/elsewhere", "device": "auto"}),
+                       tmp_path)
+    assert found is not None and found.name == "tiny"
+    assert saved.find(Config(**{**SYNTHETIC, "momentum": 0.9}), tmp_path) is None
+    with pytest.raises(ValueError, match="no saved run 'nope'.*saved: tiny"):
+        saved.load("nope", tmp_path)
+    with pytest.raises(ValueError, match="not experiment 'tiny': momentum differ"):
+        saved.save(tiny_run.history, Config(**{**SYNTHETIC, "momentum": 0.9}), "tiny", tmp_path)
+
+
+def test_summary_matches_a_recomputation(tiny_run):
+    h = tiny_run.history
+    s = saved.summary(h)
+    # every epoch has the same number of iterations: the mean over iterations is the mean of the
+    # per-epoch means
+    assert s["churn"] == pytest.approx(np.nanmean(h.epoch("change_ratio")[1:]), abs=1e-6)
+    assert s["nmi_classes"] == pytest.approx(nmi(h.labels(4), h.arrays["targets"]))
+    assert s["nmi_previous"] == pytest.approx(nmi(h.labels(3), h.labels(4)))
+    assert s["random_knn_top1"] == h.epoch("knn_top1")[0] and s["knn_top1"] == h.epoch("knn_top1")[4]
+
+
+def test_compare_finds_what_moved(tiny_run):
+    h = tiny_run.history
+    rows = {r["metric"]: r for r in saved.compare(h, h)}
+    assert set(rows) == set(saved.BANDS) - {"linear_top1"}        # this run has no probe
+    assert all(r["within"] and r["largest_difference"] == 0 for r in rows.values())
+    moved = History.from_bytes(h.to_bytes())
+    moved._epochs[2]["knn_top1"] += 0.05
+    rows = {r["metric"]: r for r in saved.compare(moved, h)}
+    assert not rows["knn_top1"]["within"] and rows["knn_top1"]["at_epoch"] == 2
+    assert rows["knn_top1"]["largest_difference"] == pytest.approx(0.05)
+    assert all(r["within"] for k, r in rows.items() if k != "knn_top1")
+    shorter = History.from_bytes(h.to_bytes())
+    shorter._epochs.pop()
+    with pytest.raises(ValueError, match="differ in method or number of epochs"):
+        saved.compare(shorter, h)
+
+
+def test_every_registered_config_is_valid():
+    for name, exp in experiments.EXPERIMENTS.items():
+        exp.config().validate()
+        assert exp.command().startswith("python")
+    # chapter 7's runs: the base, each sweep value other than the base's, and another seed
+    assert len(experiments.ablation_keys()) == 1 + 8 + 1
+    # the quick grid keeps the profile's min_cluster to N/K ratio (15 at K = 100)
+    assert [experiments.quick_min_cluster(k) for k in (10, 100, 1000)] == [150, 15, 2]
+
+
+@pytest.mark.parametrize("name", saved.names())
+def test_committed_saved_run(name):
+    """Each committed run is its experiment, says how it was made, and its records agree with
+    its own label banks (recomputed here with scikit-learn's NMI)."""
+    from sklearn.metrics import normalized_mutual_info_score
+    run = saved.load(name)
+    exp = experiments.get(name)
+    assert saved.settings(run.config) == saved.settings(exp.config())
+    for key in ("command", "machine", "odc_mini", "wall_seconds"):
+        assert run.provenance[key], key
+    h = run.history
+    assert h.num_epochs == run.config.epochs
+    last = h.num_epochs
+    if last in h.label_epochs:
+        targets = h.arrays["targets"]
+        assert h.last("nmi_classes") == pytest.approx(
+            normalized_mutual_info_score(targets, h.labels(last)), abs=1e-6)
+        assert np.bincount(h.labels(last), minlength=run.config.num_clusters).tolist() == \
+            h.sizes(last).tolist()
+    assert 0 <= saved.summary(h)["churn"] <= 1
+
+
+def test_saved_runs_stay_small():
+    total = sum(f.stat().st_size for f in saved.SAVED_DIR.rglob("*") if f.is_file())
+    assert total < 10e6, f"saved runs take {total / 1e6:.1f} MB"
+
+
+def test_cli_lists_and_refuses_unknown_names():
+    out = subprocess.run([sys.executable, "-m", "odc_mini", "experiment", "--list"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "quick-odc-k100-m0.5" in out and "golden-odc" in out
+    bad = subprocess.run([sys.executable, "-m", "odc_mini", "experiment", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: unknown experiment 'nope'; accepted: quick-odc-k10-m0.1,")
+
+
+def test_cli_saves_a_run_trained_elsewhere(tiny_run, registry, tmp_path, capsys):
+    from odc_mini.__main__ import main
+    tiny_run.save(tmp_path / "trained", state=False)
+    code = main(["experiment", "tiny", "--from", str(tmp_path / "trained"),
+                 "--saved-dir", str(tmp_path / "saved"), "--note", "torch=9.9"])
+    assert code == 0, capsys.readouterr().err
+    run = saved.load("tiny", tmp_path / "saved")
+    assert run.provenance["torch"] == "9.9"
+    np.testing.assert_array_equal(run.history.epoch("knn_top1"), tiny_run.history.epoch("knn_top1"))
+    # a run of other settings is refused in one line, and nothing is written
+    other = train(Config(**{**SYNTHETIC, "epochs": 1}), progress=False)
+    other.save(tmp_path / "other", state=False)
+    code = main(["experiment", "tiny", "--from", str(tmp_path / "other"),
+                 "--saved-dir", str(tmp_path / "saved2")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: this run is not experiment 'tiny': epochs") and "\n" not in err
+    assert not (tmp_path / "saved2").exists()
