@@ -42,6 +42,7 @@ MIN_FIGURES = {
     "05_what_was_learned": 1,
     "06_full_scale": 1,
     "07_ablations": 1,
+    "08_results": 3,
 }
 
 

@@ -143,7 +143,7 @@ def test_cli_lists_and_refuses_unknown_names():
     bad = subprocess.run([sys.executable, "-m", "odc_mini", "experiment", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
-    assert bad.stderr.startswith("error: unknown experiment 'nope'; accepted: quick-odc-k10-m0.1,")
+    assert bad.stderr.startswith("error: unknown experiment 'nope'; accepted: quick-odc-k10-m0.5,")
 
 
 def test_cli_saves_a_run_trained_elsewhere(tiny_run, registry, tmp_path, capsys):
