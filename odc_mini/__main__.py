@@ -4,9 +4,14 @@
     python -m odc_mini train --out runs/odc-quick --resume      # after a crash or Ctrl-C
     python -m odc_mini compare --profile quick --out runs/compare-quick
     python -m odc_mini experiment --list                        # the book's saved runs
+    python -m odc_mini train ... --pinned-kernels               # bit-identical on any x86-64
 
 Runs are checkpointed into ``--out`` at every epoch end and on Ctrl-C. ``--resume`` continues the
 run in ``--out`` with its own settings; a setting given on the command line must match it.
+
+``--pinned-kernels`` runs the command in a new process on the pinned CPU kernel path
+(:mod:`odc_mini.kernels`): slower, but bit-identical on every x86-64 machine with the same torch.
+Experiments marked ``pinned`` (the golden runs) always train on it.
 
 Bad input is reported in one line, without a traceback, with exit status 2; a diverged run
 exits with 1, an interrupted one with 130 (after saving its checkpoint).
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed
+from . import distributed, kernels
 from .config import ARCHS, DATASETS, METHODS, PROFILES, SAMPLERS, Config
 
 # CLI flag -> Config field, for the settings people change most.
@@ -55,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the training forward pass (CUDA only)")
+        pinned_flag(p)
         for name, kind in OVERRIDES.items():
             p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                            help=f"one of {', '.join(CHOICES[name])}" if name in CHOICES else None)
@@ -81,7 +87,42 @@ def build_parser() -> argparse.ArgumentParser:
     exp_p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                        help="an extra provenance item, e.g. torch=2.11.0 (repeatable)")
     exp_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    pinned_flag(exp_p)
     return parser
+
+
+def pinned_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pinned-kernels", action="store_true",
+                   help="train on the CPU kernel path every x86-64 machine shares (a new process, "
+                        "about 3x slower): bit-identical on any of them with the same torch")
+
+
+def wants_pinned(args: argparse.Namespace) -> bool:
+    """Whether the command trains on the pinned kernel path: asked for, or a pinned experiment."""
+    if args.pinned_kernels:
+        return True
+    if args.command == "experiment" and args.source is None and not args.list and args.names:
+        from . import experiments
+        chosen = [experiments.get(name) for name in args.names]
+        if any(e.pinned for e in chosen):
+            if not all(e.pinned for e in chosen):
+                raise ValueError("train the pinned experiments (" + ", ".join(
+                    e.name for e in chosen if e.pinned) + ") in a command of their own")
+            return True
+    return False
+
+
+def rerun_pinned(argv: list[str]) -> int:
+    """Run this same command again in a new process on the pinned kernel path."""
+    import subprocess
+    ok, why = kernels.pinnable()
+    if not ok:
+        raise ValueError(f"--pinned-kernels: {why}")
+    command, env = kernels.pinned_command(argv)
+    print("odc_mini: training on the pinned kernel path (a new process: "
+          + ", ".join(f"{k}={v}" for k, v in kernels.PINNED_ENV.items()) + ")",
+          file=sys.stderr, flush=True)
+    return subprocess.run(command, env=env).returncode
 
 
 def experiment_command(args: argparse.Namespace) -> int:
@@ -113,7 +154,9 @@ def experiment_command(args: argparse.Namespace) -> int:
         return 0
     plan = []
     for exp in chosen:
-        cfg = exp.config(data_root=args.data_root).validate()
+        # the pinned kernel path is a CPU path: a GPU would not reproduce the saved run
+        device = {"device": "cpu"} if exp.pinned or args.pinned_kernels else {}
+        cfg = exp.config(data_root=args.data_root, **device).validate()
         out = Path(args.work) / exp.name
         resume = inspect_folder(out).kind in ("unfinished", "finished")   # continue, or start
         check_output(out, cfg, resume)
@@ -135,6 +178,11 @@ def config_from_args(args: argparse.Namespace, method: str, base: dict | None = 
         values["compile"] = True
     if args.download:
         values["download"] = True
+    if args.pinned_kernels:
+        if values.get("device", "cpu") != "cpu":
+            raise ValueError(f"--pinned-kernels is a CPU kernel path; --device {values['device']} "
+                             "is not the CPU")
+        values["device"] = "cpu"
     if base is not None:
         return Config.from_dict({**base, "method": method, **values}).validate()
     return Config(method=method, **values).validate()
@@ -167,7 +215,16 @@ def summary_table(runs: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    try:
+        if wants_pinned(args) and not kernels.is_pinned():
+            return rerun_pinned(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if kernels.is_pinned():
+        kernels.apply_in_process()
     from .train import TrainingDiverged, check_output, train  # after parsing: --help stays fast
     try:
         if args.command == "experiment":

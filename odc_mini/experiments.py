@@ -17,7 +17,10 @@ asks for the config of an experiment replays its saved run instead of training.
   background run of about an hour per method on a 2-core CPU.
 * ``gpu-*``: the full profile (ResNet-18, all of CIFAR-10) on one GPU, by ``bench/gpu_run.py``.
 * ``golden-*``: short quick-profile runs that ``tests/test_golden.py`` re-runs on every CI
-  build and compares with their saved runs.
+  build: bit for bit on the pinned kernel path (:mod:`odc_mini.kernels`), which they are
+  trained on, and against the spread of their seeds (``golden-*-seedS``) on the machine's own.
+* ``*-seedS``: the same config with seed S. A config's seeds (:func:`seed_group`) measure the
+  noise that any comparison with it must stand out from (:mod:`odc_mini.seeds`).
 * ``ablation-*``: chapter 7's tiny sweeps (1,200 images, 3 epochs), one knob at a time.
 """
 from __future__ import annotations
@@ -41,6 +44,10 @@ ABLATION_SWEEPS = {"momentum": [0.1, 0.5, 0.9],
 # every per-epoch record (kNN and the linear probe each epoch, NMI between epochs, drift).
 GOLDEN = dict(profile="quick", subset=2000, epochs=3, num_clusters=20, min_cluster=15,
               eval_interval=1, snapshot_size=500)
+# Seeds per config whose spread the checks use: enough that the prediction band of one more run
+# is not dominated by the uncertainty of the spread itself (seeds.multiplier).
+GOLDEN_SEEDS = tuple(range(10))
+CHAPTER_SEEDS = tuple(range(10))    # the chapters' two quick runs (K = 100, m = 0.5)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,9 @@ class Experiment:
     # How the run was trained when not by ``python -m odc_mini experiment NAME`` (a long CPU run
     # of the train CLI, the GPU script); its folder is then saved with ``--from``.
     trained_with: str | None = None
+    # Trained on the pinned kernel path (odc_mini.kernels), so that any x86-64 machine with the
+    # same torch can reproduce its saved run bit for bit.
+    pinned: bool = False
 
     def config(self, **overrides) -> Config:
         return Config(**{**self.settings, **overrides})
@@ -62,6 +72,14 @@ class Experiment:
     def command(self) -> str:
         """The command that trains this experiment's run, as its provenance records it."""
         return self.trained_with or f"python -m odc_mini experiment {self.name}"
+
+    def with_seed(self, seed: int) -> "Experiment":
+        """The same experiment with another seed, named ``<name>-seed<seed>`` (seed 0 keeps the
+        name); it keeps no label banks or snapshots: only its numbers enter a spread."""
+        if seed == self.settings.get("seed", 0):
+            return self
+        return Experiment(f"{self.name}-seed{seed}", {**self.settings, "seed": seed},
+                          f"{self.about}; seed {seed}", pinned=self.pinned)
 
 
 def quick_min_cluster(k: int) -> int:
@@ -75,22 +93,22 @@ def _registry() -> dict[str, Experiment]:
         # one knob at a time: K at the default momentum, the momentum at the default K
         for m in (QUICK_MOMENTA if k == 100 else (0.5,)):
             chapter = k == 100 and m == 0.5
-            runs.append(Experiment(
+            runs.extend(_seeds(CHAPTER_SEEDS if chapter else (0,), Experiment(
                 f"quick-odc-k{k}-m{m}",
                 dict(method="odc", profile="quick", num_clusters=k, momentum=m,
                      min_cluster=quick_min_cluster(k)),
                 f"ODC, quick profile, K = {k}, memory momentum {m}"
                 + (" (chapters 4 and 5)" if chapter else ""),
                 keep_labels="all" if chapter else "ends",
-                keep_snapshots="three" if chapter else "none"))
+                keep_snapshots="three" if chapter else "none")))
         chapter = k == 100
-        runs.append(Experiment(
+        runs.extend(_seeds(CHAPTER_SEEDS if chapter else (0,), Experiment(
             f"quick-deepcluster-k{k}",
             dict(method="deepcluster", profile="quick", num_clusters=k,
                  min_cluster=quick_min_cluster(k)),
             f"DeepCluster, quick profile, K = {k}" + (" (chapters 4 and 5)" if chapter else ""),
             keep_labels="all" if chapter else "ends",
-            keep_snapshots="three" if chapter else "none"))
+            keep_snapshots="three" if chapter else "none")))
     for method in ("odc", "deepcluster"):
         runs.append(Experiment(
             f"cpu50k-{method}",
@@ -118,9 +136,10 @@ def _registry() -> dict[str, Experiment]:
                      "eval_interval=10, data_root='.gpu_data'), progress=False)"
                      ".save('OUT/dcsobel', state=False)\""))
     for method in ("odc", "deepcluster"):
-        runs.append(Experiment(f"golden-{method}", dict(method=method, **GOLDEN),
-                               f"{'ODC' if method == 'odc' else 'DeepCluster'}: the short "
-                               "run tests/test_golden.py re-runs", keep_labels="ends"))
+        runs.extend(_seeds(GOLDEN_SEEDS, Experiment(
+            f"golden-{method}", dict(method=method, **GOLDEN),
+            f"{'ODC' if method == 'odc' else 'DeepCluster'}: the short run tests/test_golden.py "
+            "re-runs", keep_labels="ends", pinned=True)))
     for key, value in ablation_keys():
         overrides = {} if key is None else {key: value}
         suffix = "base" if key is None else f"{key}-{value}"
@@ -130,6 +149,10 @@ def _registry() -> dict[str, Experiment]:
             f"chapter 7: tiny ODC run, {'the base settings' if key is None else f'{key} = {value}'}",
             keep_labels="ends"))
     return {run.name: run for run in runs}
+
+
+def _seeds(seeds, experiment: Experiment) -> list[Experiment]:
+    return [experiment.with_seed(s) for s in seeds]
 
 
 def ablation_keys() -> list[tuple[str | None, object]]:
@@ -143,6 +166,14 @@ def ablation_keys() -> list[tuple[str | None, object]]:
 
 
 EXPERIMENTS: dict[str, Experiment] = _registry()
+
+
+def seed_group(name: str) -> list[str]:
+    """The experiments that differ from ``name`` in their seed alone (``name`` included), by seed."""
+    settings = {k: v for k, v in get(name).config().to_dict().items() if k != "seed"}
+    group = [e for e in EXPERIMENTS.values()
+             if {k: v for k, v in e.config().to_dict().items() if k != "seed"} == settings]
+    return [e.name for e in sorted(group, key=lambda e: e.config().seed)]
 
 
 def get(name: str) -> Experiment:

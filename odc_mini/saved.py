@@ -6,7 +6,10 @@ with the package, each with the command that trained it and the machine it ran o
     run = saved.load("cpu50k-odc")            # .config, .history, .provenance
     run = saved.replay_or_train(config)       # the saved run of this config, else train (cached)
     saved.summary(run.history)                # the numbers of the results tables
-    saved.compare(mine.history, run.history)  # "your numbers versus the book's", with bands
+    saved.differences(mine.history, run.history)  # [] when bit-identical (one kernel path)
+
+Whether a run of another machine agrees with a saved run *within seed noise* is
+:mod:`odc_mini.seeds`' question.
 
 A folder ``saved_runs/<name>/`` holds ``config.json``, ``history.npz`` (compacted: every scalar
 record, label banks and snapshots only where the experiment keeps them) and ``provenance.json``.
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import experiments
+from . import experiments, kernels
 from .config import Config
 from .history import History
 
@@ -126,24 +129,17 @@ def save(history: History, config: Config, name: str, directory: str | Path | No
               "odc_mini": history.meta.get("version"),
               "wall_seconds": history.last("wall_seconds"),
               "train_seconds": history.last("train_seconds"),
-              "saved": datetime.date.today().isoformat(), "python": platform.python_version(),
-              "torch": torch.__version__}
+              "saved": datetime.date.today().isoformat(),
+              # what the training process recorded (runs from before it: the saving process's)
+              "python": history.meta.get("python", platform.python_version()),
+              "torch": history.meta.get("torch", torch.__version__)}
     if history.meta.get("device") == "cpu":
-        record["cpu"] = cpu_model()
+        record["cpu"] = history.meta.get("cpu", kernels.cpu_model())
+        record.update({k: history.meta[k] for k in ("kernels", "kernel_fingerprint")
+                       if k in history.meta})
     record.update(provenance)
     (folder / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
     return folder
-
-
-def cpu_model() -> str:
-    """The processor's model name (Linux), else what ``platform`` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------- numbers
@@ -165,35 +161,43 @@ def summary(history: History) -> dict[str, float]:
     return out
 
 
-# Bands of the golden check: how far a re-run may be from the saved run, per epoch. On the same
-# CPU, torch version and thread count a run is bit-identical (difference 0); the bands leave room
-# for another CPU's rounding, and stay well below the gaps the book discusses.
-BANDS = {"loss": 0.02, "knn_top1": 0.01, "linear_top1": 0.015, "nmi_classes": 0.01,
-         "nmi_previous": 0.02, "change_ratio": 0.02, "drift": 0.02}
+# Records that measure the machine, not the run.
+TIMINGS = ("wall_seconds", "train_seconds", "eval_seconds")
 
 
-def compare(mine: History, book: History, bands: dict[str, float] | None = None) -> list[dict]:
-    """Per metric: the largest difference over epochs between ``mine`` and ``book`` (epochs
-    where both measured it; a metric neither measured is left out), the band, and whether it
-    holds. Raises ValueError when the two
-    histories are of different configs or lengths, which no band can compare."""
-    bands = BANDS if bands is None else bands
-    if mine.meta.get("config", {}).get("method") != book.meta.get("config", {}).get("method") \
-            or mine.num_epochs != book.num_epochs:
-        raise ValueError("the two runs differ in method or number of epochs; compare runs "
-                         "of the same config")
-    rows = []
-    for key, band in bands.items():
-        a, b = mine.epoch(key), book.epoch(key)
-        both = ~np.isnan(a) & ~np.isnan(b)
-        if (~np.isnan(a) != ~np.isnan(b)).any():
-            raise ValueError(f"{key} was measured at different epochs in the two runs")
-        if not both.any():
-            continue                      # measured by neither run (e.g. no linear probe)
-        diff = np.abs(a[both] - b[both])
-        worst = int(np.flatnonzero(both)[np.argmax(diff)])
-        rows.append({"metric": key, "epochs": int(both.sum()),
-                     "largest_difference": float(diff.max()), "at_epoch": worst,
-                     "mine": float(a[worst]), "book": float(b[worst]), "band": band,
-                     "within": bool(diff.max() <= band)})
-    return rows
+def differences(mine: History, book: History) -> list[str]:
+    """Everything in which ``mine`` is not bit-identical to ``book``, one line each (an empty
+    list: identical): every per-epoch and per-iteration record but the timings, and every array
+    ``book`` keeps (label banks, cluster sizes, snapshots, targets). On one kernel path
+    (:mod:`odc_mini.kernels`) a re-run of unchanged code has none."""
+    out = []
+    if mine.num_epochs != book.num_epochs:
+        return [f"{mine.num_epochs} epochs here, {book.num_epochs} in the saved run"]
+
+    def column(kind: str, key: str, a: np.ndarray, b: np.ndarray) -> None:
+        if a.shape != b.shape:
+            out.append(f"{kind} {key}: {a.shape} values here, {b.shape} saved")
+            return
+        differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        if differ.any():
+            i = int(np.argmax(np.where(differ, np.abs(np.nan_to_num(a - b, nan=np.inf)), -1)))
+            out.append(f"{kind} {key}: {int(differ.sum())} of {len(a)} differ, most at "
+                       f"{'epoch' if kind == 'per-epoch' else 'iteration'} {i}: {a[i]!r} here, "
+                       f"{b[i]!r} saved")
+
+    for key in sorted(set(mine.epoch_keys) | set(book.epoch_keys)):
+        if key not in TIMINGS:
+            column("per-epoch", key, mine.epoch(key), book.epoch(key))
+    for key in sorted(set(mine.iteration_keys) | set(book.iteration_keys)):
+        if key not in mine.iteration_keys or key not in book.iteration_keys:
+            out.append(f"per-iteration {key}: recorded by one run only")
+        else:
+            column("per-iteration", key, mine.iteration(key), book.iteration(key))
+    for name, saved_array in sorted(book.arrays.items()):
+        if name not in mine.arrays:
+            out.append(f"array {name}: missing here")
+        elif not np.array_equal(mine.arrays[name], saved_array):
+            a, b = mine.arrays[name], saved_array
+            count = int((a != b).sum()) if a.shape == b.shape else "shape"
+            out.append(f"array {name}: {count} entries differ")
+    return out

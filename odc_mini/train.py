@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint, distributed
+from . import __version__, checkpoint, distributed, kernels
 from .augment import augment
 from .config import Config
 from .data import load_dataset
@@ -248,6 +248,7 @@ class _Training:
             self.method.compile()
         self.history = History({"config": cfg.to_dict(), "version": __version__,
                                 "device": str(device), "machine": _machine_description(device),
+                                **_software(device),
                                 "processes": distributed.world_size(),
                                 "classes": list(train_set.classes)})
         self.writes = out is not None and distributed.is_main()   # rank 0 alone writes
@@ -492,3 +493,14 @@ def _machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def _software(device: torch.device) -> dict:
+    """What decides the run's last bits besides the code: torch, and on the CPU the processor
+    and the kernel path (odc_mini.kernels); recorded with the run, read by its provenance."""
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cpu":
+        out.update(cpu=kernels.cpu_model(), kernels=kernels.describe())
+        if kernels.is_pinned():      # what the exact golden check compares machines by
+            out["kernel_fingerprint"] = kernels.fingerprint()
+    return out

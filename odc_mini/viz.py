@@ -9,7 +9,8 @@ chapter draws the same figure while a run trains and when it replays a saved run
   and :func:`scrubber` (an epoch slider);
 * embeddings: :func:`embed_2d` (UMAP or PCA, one reducer for every epoch), :func:`embedding_scrubber`;
 * labels over time: :func:`label_changes`, :func:`plot_label_changes`;
-* images: :func:`image_grid`, :func:`cluster_gallery`.
+* images: :func:`image_grid`, :func:`cluster_gallery`;
+* seed noise: :func:`seed_spread_figure` (a run against the spread of other seeds' runs).
 
 **Widgets on the static site.** The built book runs no Python, so a slider cannot redraw a
 figure there. :func:`scrubber` therefore renders every frame up front as a PNG, puts the frames
@@ -172,6 +173,52 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
     axes.flat[4].legend(loc="lower right", fontsize=8)
     sizes_ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(title or (f"epoch {upto}" if upto is not None else "training dynamics"), fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------- seed noise
+SPREAD_LABELS = {"loss": ("training loss (epoch mean)", False),
+                 "knn_top1": ("kNN top-1 (%)", True),
+                 "linear_top1": ("linear probe top-1 (%)", True),
+                 "nmi_classes": ("NMI(labels, classes)", False),
+                 "nmi_previous": ("NMI(labels t−1, labels t)", False),
+                 "change_ratio": ("labels changed per batch (%)", True),
+                 "drift": ("centroid drift (mean L2)", False)}
+
+
+def seed_spread_figure(run: History, spread, positions, label: str = "your run",
+                       title: str | None = None):
+    """One panel per metric of ``positions`` (:func:`odc_mini.seeds.locate`): the other seeds'
+    runs (thin grey), their mean and the band a run must stay in (shaded), and ``run`` (bold, in
+    its method's colour); a red ring marks an epoch where ``run`` is outside the band."""
+    cols = 4
+    rows = -(-len(positions) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(13, 3.2 * rows), squeeze=False)
+    color = COLORS.get(method_of(run), "k")
+    for ax, p in zip(axes.flat, positions):
+        ylabel, percent = SPREAD_LABELS.get(p.metric, (p.metric, False))
+        scale = 100.0 if percent else 1.0
+        for i, seed_values in enumerate(spread.values[p.metric]):
+            ax.plot(p.epochs, seed_values[p.epochs] * scale, color="0.6", lw=0.8,
+                    label=f"{spread.n} other seeds" if i == 0 else None)
+        ax.fill_between(p.epochs, (p.mean - p.band) * scale, (p.mean + p.band) * scale,
+                        color="0.85", label="accepted band", zorder=0)
+        ax.plot(p.epochs, p.value * scale, "o-", ms=3, lw=2, color=color, label=label)
+        outside = np.abs(p.deviation) > p.band
+        ax.plot(p.epochs[outside], p.value[outside] * scale, "o", ms=10, mfc="none",
+                mec="red", mew=1.5, label="outside" if outside.any() else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+    for ax in axes.flat[len(positions):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    spare = axes.flat[-1] if len(positions) < rows * cols else None
+    if spare is not None:
+        spare.legend(handles, labels, loc="center", fontsize=10, frameon=False)
+    else:
+        axes.flat[0].legend(fontsize=9)
+    fig.suptitle(title or f"{label} against {spread.n} other seeds", fontsize=12)
     fig.tight_layout()
     return fig
 

@@ -83,3 +83,13 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
         assert final["knn_top1"] == pytest.approx(float(history.epoch("knn_top1")[-1]))
         assert final["random_knn_top1"] == pytest.approx(float(history.epoch("knn_top1")[0]))
         assert np.isfinite(final["nmi_classes"]) and 0 <= final["change_ratio"] <= 1
+
+
+def test_kernel_paths_table():
+    """Two kernel paths for the parent process; the pinned run started from either has the
+    same bits (its fingerprint), whatever the parent's environment."""
+    out = run_script("kernel_paths.py", "--tiny", "--paths", "own", "default", "--methods", "odc")
+    rows = table_rows(out, ["own", "default"])
+    assert rows["own"][1] == rows["default"][1] == "odc"
+    assert rows["own"][4] == rows["default"][4]          # pinned runs' fingerprints
+    assert "generic kernels" in " ".join(rows["default"][8:])   # the child took that path

@@ -82,27 +82,41 @@ def test_summary_matches_a_recomputation(tiny_run):
     assert s["random_knn_top1"] == h.epoch("knn_top1")[0] and s["knn_top1"] == h.epoch("knn_top1")[4]
 
 
-def test_compare_finds_what_moved(tiny_run):
+def test_differences_name_every_moved_bit_and_ignore_the_clock(tiny_run):
     h = tiny_run.history
-    rows = {r["metric"]: r for r in saved.compare(h, h)}
-    assert set(rows) == set(saved.BANDS) - {"linear_top1"}        # this run has no probe
-    assert all(r["within"] and r["largest_difference"] == 0 for r in rows.values())
+    assert saved.differences(h, h) == []
     moved = History.from_bytes(h.to_bytes())
-    moved._epochs[2]["knn_top1"] += 0.05
-    rows = {r["metric"]: r for r in saved.compare(moved, h)}
-    assert not rows["knn_top1"]["within"] and rows["knn_top1"]["at_epoch"] == 2
-    assert rows["knn_top1"]["largest_difference"] == pytest.approx(0.05)
-    assert all(r["within"] for k, r in rows.items() if k != "knn_top1")
+    moved._epochs[2]["knn_top1"] = np.nextafter(moved._epochs[2]["knn_top1"], 0.0)  # one ulp
+    moved._epochs[3]["wall_seconds"] += 100                                          # a timing
+    labels = moved.arrays["labels/4"].copy()
+    labels[7] = (labels[7] + 1) % 6
+    moved.arrays["labels/4"] = labels
+    loss = moved.iteration("loss").copy()
+    loss[5] *= np.float32(1.5)
+    moved._iters["loss"] = [loss]
+    found = saved.differences(moved, h)
+    assert len(found) == 3, found
+    assert found[0].startswith("per-epoch knn_top1: 1 of 5 differ, most at epoch 2")
+    assert found[1].startswith("per-iteration loss: 1 of ") and "most at iteration 5" in found[1]
+    assert found[2] == "array labels/4: 1 entries differ"
     shorter = History.from_bytes(h.to_bytes())
     shorter._epochs.pop()
-    with pytest.raises(ValueError, match="differ in method or number of epochs"):
-        saved.compare(shorter, h)
+    assert saved.differences(shorter, h) == ["3 epochs here, 4 in the saved run"]
 
 
 def test_every_registered_config_is_valid():
     for name, exp in experiments.EXPERIMENTS.items():
         exp.config().validate()
         assert exp.command().startswith("python")
+    # a seed group is the same config with other seeds, its own name first
+    group = experiments.seed_group("golden-odc")
+    assert group[0] == "golden-odc" and len(group) == len(experiments.GOLDEN_SEEDS)
+    configs = [experiments.get(n).config() for n in group]
+    assert [c.seed for c in configs] == list(experiments.GOLDEN_SEEDS)
+    assert all(saved.settings(c) == saved.settings(Config(**{**configs[0].to_dict(), "seed": c.seed}))
+               for c in configs)
+    assert all(experiments.get(n).pinned for n in group)
+    assert experiments.seed_group("quick-odc-k10-m0.5") == ["quick-odc-k10-m0.5"]
     # chapter 7's runs: the base, each sweep value other than the base's, and another seed
     assert len(experiments.ablation_keys()) == 1 + 8 + 1
     # the quick grid keeps the profile's min_cluster to N/K ratio (15 at K = 100)

@@ -1,0 +1,161 @@
+"""Seed noise: how far runs of one config lie apart when only the seed changes, and whether
+another run lies within that spread.
+
+    spread = seeds.spread_of("golden-odc", exclude=[0])   # the saved runs of its other seeds
+    for p in seeds.locate(my_history, spread):            # one Position per metric
+        print(p.metric, p.within, p.worst_epoch)
+
+A run of the same code on another processor follows another kernel path
+(:mod:`odc_mini.kernels`): its numbers are not the saved run's, but they must look like one more
+seed. For each metric and epoch, with the other seeds' mean ``m``, sample standard deviation
+``s`` and count ``n``, a run is *within seed noise* when
+
+    |value - m| <= max(t * s * sqrt(1 + 1/n), floor)
+
+``t * s * sqrt(1 + 1/n)`` is the two-sided prediction interval of one more normal draw: ``t`` is
+Student's t quantile with ``n - 1`` degrees of freedom at ``1 - alpha / (2 c)``, where ``c`` is the
+number of (metric, epoch) comparisons made, so a run of unchanged code with a fresh seed falls
+outside *any* of them with probability at most ``alpha`` (1 %, Bonferroni). ``floor`` (per metric,
+:data:`FLOORS`) is a difference too small to change anything the book says; it matters only where
+the seeds happen to agree closely. The check is meant never to call a run wrong that is within
+seed noise; it catches a change that moves a metric by several seeds' spread, not a small one —
+that is the pinned exact check's job (``tests/test_golden.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .history import History
+
+# The per-epoch metrics compared, with their floors (same units as the metric: accuracies and
+# churn as fractions, NMI in [0, 1], loss in nats, drift as an L2 distance between unit vectors).
+FLOORS = {"loss": 0.02, "knn_top1": 0.01, "linear_top1": 0.015, "nmi_classes": 0.01,
+          "nmi_previous": 0.02, "change_ratio": 0.02, "drift": 0.02}
+FAMILY_ALPHA = 0.01
+
+
+@dataclass
+class SeedSpread:
+    """Per metric, a (seeds, epochs + 1) array of the values of runs that differ only in seed."""
+    seeds: list[int]
+    values: dict[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    def mean(self, metric: str) -> np.ndarray:
+        return np.mean(self.values[metric], axis=0)
+
+    def std(self, metric: str) -> np.ndarray:
+        """Sample standard deviation over seeds (ddof = 1), per epoch."""
+        return np.std(self.values[metric], axis=0, ddof=1)
+
+
+def spread(histories: dict[int, History], metrics=tuple(FLOORS)) -> SeedSpread:
+    """The spread of ``histories`` (seed -> history of one config, same epochs): at least 3."""
+    if len(histories) < 3:
+        raise ValueError(f"a seed spread needs at least 3 runs; got {len(histories)}")
+    epochs = {h.num_epochs for h in histories.values()}
+    if len(epochs) != 1:
+        raise ValueError(f"the runs have different numbers of epochs: {sorted(epochs)}")
+    seeds = sorted(histories)
+    values = {}
+    for metric in metrics:
+        rows = np.stack([histories[s].epoch(metric) for s in seeds]) \
+            if all(metric in histories[s].epoch_keys for s in seeds) else None
+        if rows is not None and not np.isnan(rows).all():
+            values[metric] = rows
+    return SeedSpread(seeds, values)
+
+
+def spread_of(name: str, exclude=(), directory=None) -> SeedSpread:
+    """The spread of the saved runs of experiment ``name`` and its other seeds
+    (:func:`odc_mini.experiments.seed_group`), leaving out the seeds in ``exclude``."""
+    from . import experiments, saved
+    runs = {}
+    for member in experiments.seed_group(name):
+        seed = experiments.get(member).config().seed
+        if seed not in exclude:
+            runs[seed] = saved.load(member, directory).history
+    return spread(runs)
+
+
+def multiplier(n: int, comparisons: int, alpha: float = FAMILY_ALPHA) -> float:
+    """``t * sqrt(1 + 1/n)``: the half-width of the prediction interval in units of ``s``."""
+    from scipy.stats import t
+    return float(t.ppf(1 - alpha / (2 * comparisons), n - 1) * math.sqrt(1 + 1 / n))
+
+
+@dataclass
+class Position:
+    """Where one run sits in the seed spread for one metric, per compared epoch."""
+    metric: str
+    epochs: np.ndarray       # the epochs compared (both measured)
+    value: np.ndarray        # the run's values there
+    mean: np.ndarray         # the seeds' mean
+    std: np.ndarray          # the seeds' sample standard deviation
+    band: np.ndarray         # the accepted half-width: max(multiplier * std, floor)
+    multiplier: float
+    floor: float
+
+    @property
+    def deviation(self) -> np.ndarray:
+        return self.value - self.mean
+
+    @property
+    def z(self) -> np.ndarray:
+        """The deviation in seed standard deviations (inf where the seeds agree exactly)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.std > 0, self.deviation / self.std,
+                            np.where(self.deviation == 0, 0.0, np.inf))
+
+    @property
+    def worst(self) -> int:
+        """Index (into ``epochs``) of the epoch that uses most of its band."""
+        return int(np.argmax(np.abs(self.deviation) / self.band))
+
+    @property
+    def worst_epoch(self) -> int:
+        return int(self.epochs[self.worst])
+
+    @property
+    def within(self) -> bool:
+        return bool(np.all(np.abs(self.deviation) <= self.band))
+
+    def describe(self) -> str:
+        i = self.worst
+        return (f"{self.metric}: {'within' if self.within else 'OUTSIDE'} seed noise; largest "
+                f"at epoch {self.worst_epoch}: {self.value[i]:.4f} vs seeds {self.mean[i]:.4f} "
+                f"± {self.std[i]:.4f} (z = {self.z[i]:+.1f}, band ±{self.band[i]:.4f})")
+
+
+def locate(run: History, spread_: SeedSpread, floors: dict[str, float] | None = None,
+           alpha: float = FAMILY_ALPHA) -> list[Position]:
+    """Per metric of ``spread_`` that ``run`` measured: where ``run`` sits, epoch by epoch, with
+    the band of the module docstring. Raises ValueError for runs of another length."""
+    floors = FLOORS if floors is None else floors
+    any_seed = next(iter(spread_.values.values()))
+    if run.num_epochs != any_seed.shape[1] - 1:
+        raise ValueError(f"the run has {run.num_epochs} epochs and the seed runs "
+                         f"{any_seed.shape[1] - 1}; compare runs of the same config")
+    picked = {}
+    for metric, values in spread_.values.items():
+        mine = run.epoch(metric) if metric in run.epoch_keys else None
+        if mine is None:
+            continue
+        both = ~np.isnan(mine) & ~np.isnan(values).any(axis=0)
+        if both.any():
+            picked[metric] = both
+    comparisons = sum(int(b.sum()) for b in picked.values())
+    k = multiplier(spread_.n, comparisons, alpha)
+    out = []
+    for metric, both in picked.items():
+        std = spread_.std(metric)[both]
+        out.append(Position(metric, np.flatnonzero(both), run.epoch(metric)[both],
+                            spread_.mean(metric)[both], std,
+                            np.maximum(k * std, floors[metric]), k, floors[metric]))
+    return out
