@@ -62,6 +62,7 @@ def verdict(ratio: float, goal: float, higher_is_better: bool = False) -> str:
 # What the training benchmarks share: data, and the plain supervised step ODC is measured against
 # ---------------------------------------------------------------------------------------------
 
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -70,22 +71,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # run from a clone without installing
 
 from odc_mini.config import Config  # noqa: E402
-from odc_mini.data import ImageSet, load_dataset  # noqa: E402
+from odc_mini.data import load_dataset  # noqa: E402
 from odc_mini.method import Method  # noqa: E402
 
 
-def bench_data(n: int, seed: int = 0, data_root: str | None = None) -> tuple[ImageSet, str]:
-    """``n`` CIFAR-10 training images (stratified) when the local copy exists, else the synthetic
-    gratings (timings do not depend on the pictures, but ODC's small-cluster repairs do, so real
-    images are preferred). Returns the images and the data set's name."""
+def bench_config(device: torch.device, n: int, **overrides) -> tuple[Config, str]:
+    """The budget a device gets (:func:`device_config`) on ``n`` training images: CIFAR-10
+    (stratified) when the local copy exists, else the synthetic gratings (timings do not depend
+    on the pictures, but ODC's small-cluster repairs do, so real images are preferred). Returns
+    the config and the data set's name."""
+    data_root = overrides.pop("data_root", None)
     if data_root is None and not os.environ.get("ODC_DATA"):
         data_root = str(REPO / "data")       # the clone's data folder, wherever the script runs
     try:
-        train_set, _ = load_dataset("cifar10", data_root, n, seed, download=False)
-        return train_set, "cifar10"
+        load_dataset("cifar10", data_root, n, 0, download=False)
+        dataset = "cifar10"
     except (FileNotFoundError, OSError, ValueError):
-        train_set, _ = load_dataset("synthetic", None, n, seed, download=False)
-        return train_set, "synthetic"
+        dataset = "synthetic"
+    return device_config(device, subset=n, dataset=dataset, data_root=data_root,
+                         **overrides), dataset
 
 
 class Supervised(Method):
@@ -115,24 +119,20 @@ class Supervised(Method):
         return self.targets
 
 
-def make_method(name: str, cfg: Config, images: ImageSet, device: torch.device) -> Method:
-    """A freshly seeded method on ``device``, set up (ODC: initial clustering) and ready to step."""
-    from odc_mini.train import METHOD_CLASSES, build_model, seed_everything
-    from odc_mini.method import recalibrate_batchnorm
+def make_method(name: str, cfg: Config, device: torch.device) -> Method:
+    """The start of ``cfg``'s run (``odc_mini.build``) with method ``name`` ("supervised": the
+    true classes as fixed targets), set up (ODC: initial clustering) and ready to step."""
+    from odc_mini.build import build
 
-    seed_everything(cfg.seed)
-    model = build_model(cfg, device)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    x = images.images.to(device)
+    start = build(dataclasses.replace(cfg, method="odc" if name == "supervised" else name), device)
+    method = start.method
     if name == "supervised":
-        method = Supervised(model, x, images.labels, cfg, generator)
-    else:
-        method = METHOD_CLASSES[name](model, x, cfg, generator)
+        method = Supervised(start.model, start.train_set.images, start.train_set.labels, cfg,
+                            start.generators["sampler"])
     if cfg.compile:
         method.compile()
-    recalibrate_batchnorm(model, x, cfg.eval_batch_size)
     method.setup()
-    model.train()
+    start.model.train()
     return method
 
 

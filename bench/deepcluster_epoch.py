@@ -20,19 +20,20 @@ import time
 
 import torch
 
-from common import bench_data, compare, device_config, make_method, print_table, synchronize, verdict
+from common import bench_config, compare, make_method, print_table, synchronize, verdict
 
+from odc_mini.augment import AugmentConfig
 from odc_mini.train import train_epoch
 
 
 def run(n: int, repeats: int, device: torch.device, tiny: bool = False) -> dict:
-    overrides = dict(subset=n)
+    overrides = {}
     if tiny:
         overrides.update(num_clusters=10, min_cluster=5, eval_batch_size=200, batch_size=32, pca_dim=16)
-    cfg = device_config(device, **overrides)
-    images, source = bench_data(n, cfg.seed)
+    cfg, source = bench_config(device, n, **overrides)
     names = ("supervised", "deepcluster", "odc")
-    methods = {name: make_method(name, cfg, images, device) for name in names}
+    methods = {name: make_method(name, cfg, device) for name in names}
+    augment_cfg = AugmentConfig.of(cfg)
     gens = (torch.Generator(device=device).manual_seed(0), torch.Generator().manual_seed(0))
     iters = n // cfg.batch_size
     parts: dict[str, list[float]] = {"cluster": []}
@@ -46,7 +47,7 @@ def run(n: int, repeats: int, device: torch.device, tiny: bool = False) -> dict:
             if name == "deepcluster":       # the clustering part of the epoch, timed on its own
                 synchronize(device)
                 parts["cluster"].append(time.perf_counter() - t0)
-            train_epoch(method, method.images, order, iters, cfg.batch_size, cfg.augment_config(), gens)
+            train_epoch(method, method.images, order, iters, cfg.batch_size, augment_cfg, gens)
         return go
 
     times = compare({name: epoch(name) for name in names}, repeats=repeats, warmup=1, device=device)

@@ -38,6 +38,7 @@ import odc_mini
 from odc_mini import Config, train
 from odc_mini.data import load_dataset
 from odc_mini.method import embed_images
+from odc_mini.augment import AugmentConfig
 from odc_mini.train import train_epoch
 
 METHODS = ("supervised", "odc", "deepcluster")
@@ -63,13 +64,13 @@ def count_host_syncs(method, images, cfg, steps: int) -> int | None:
         return None
     order = torch.randint(images.shape[0], (steps * cfg.batch_size,), device=images.device)
     gens = (torch.Generator(device=images.device).manual_seed(0), torch.Generator().manual_seed(0))
-    train_epoch(method, images, order, 2, cfg.batch_size, cfg.augment_config(), gens)  # warm
+    train_epoch(method, images, order, 2, cfg.batch_size, AugmentConfig.of(cfg), gens)  # warm
     synchronize(images.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            train_epoch(method, images, order, steps, cfg.batch_size, cfg.augment_config(), gens)
+            train_epoch(method, images, order, steps, cfg.batch_size, AugmentConfig.of(cfg), gens)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
@@ -77,7 +78,7 @@ def count_host_syncs(method, images, cfg, steps: int) -> int | None:
 
 def throughput(cfg: Config, train_set, device, steps: int, repeats: int) -> dict:
     """Images/s of the training loop (augmentation, step, memory) for each method, interleaved."""
-    methods = {name: make_method(name, cfg, train_set, device) for name in METHODS}
+    methods = {name: make_method(name, cfg, device) for name in METHODS}
     out = {}
     gens = (torch.Generator(device=device).manual_seed(0), torch.Generator().manual_seed(0))
     n = train_set.images.shape[0]
@@ -87,7 +88,7 @@ def throughput(cfg: Config, train_set, device, steps: int, repeats: int) -> dict
             order = torch.randint(n, (steps * cfg.batch_size,), generator=gens[1]).to(device)
             synchronize(device)
             t0 = time.perf_counter()
-            train_epoch(method, method.images, order, steps, cfg.batch_size, cfg.augment_config(), gens)
+            train_epoch(method, method.images, order, steps, cfg.batch_size, AugmentConfig.of(cfg), gens)
             synchronize(device)
             if r:
                 times[name].append(time.perf_counter() - t0)

@@ -17,21 +17,20 @@ import argparse
 
 import torch
 
-from common import bench_data, compare, device_config, make_method, print_table, verdict
+from common import bench_config, compare, make_method, print_table, verdict
 
-from odc_mini.augment import augment
+from odc_mini.augment import AugmentConfig, augment
 
 
 def run(n: int, steps: int, repeats: int, device: torch.device, tiny: bool = False) -> dict:
-    overrides = dict(subset=n)
+    overrides = {}
     if tiny:
         overrides.update(num_clusters=10, min_cluster=5, eval_batch_size=200, batch_size=32)
-    cfg = device_config(device, **overrides)
-    images, source = bench_data(n, cfg.seed)
-    methods = {name: make_method(name, cfg, images, device) for name in ("supervised", "odc")}
+    cfg, source = bench_config(device, n, **overrides)
+    methods = {name: make_method(name, cfg, device) for name in ("supervised", "odc")}
     gen = torch.Generator(device=device).manual_seed(0)
-    x_uint8 = images.images[:cfg.batch_size].to(device)
-    x = augment(x_uint8, cfg.augment_config(), gen).contiguous(memory_format=torch.channels_last)
+    x_uint8 = methods["odc"].images[:cfg.batch_size]
+    x = augment(x_uint8, AugmentConfig.of(cfg), gen).contiguous(memory_format=torch.channels_last)
     idx_gen = torch.Generator().manual_seed(1)
 
     def block(method):

@@ -19,23 +19,33 @@ exits with 1, an interrupted one with 130 (after saving its checkpoint).
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
 import sys
+import types
+import typing
 from pathlib import Path
 
-import numpy as np
-
 from . import distributed, kernels
-from .config import ARCHS, DATASETS, METHODS, PROFILES, SAMPLERS, Config
+from .config import METHODS, PROFILES, Config
 
-# CLI flag -> Config field, for the settings people change most.
-OVERRIDES = {
-    "dataset": str, "data_root": str, "subset": int, "arch": str, "epochs": int,
-    "batch_size": int, "lr": float, "num_clusters": int, "momentum": float, "min_cluster": int,
-    "centroid_interval": int, "sampler": str, "pca_dim": int, "device": str, "seed": int,
-}
-CHOICES = {"dataset": DATASETS, "arch": ARCHS, "sampler": SAMPLERS}
+# Config fields with flags of their own (not generated): --method, --profile.
+_OWN_FLAGS = ("method", "profile")
+
+
+def config_flags() -> dict[str, type]:
+    """Every Config field that has a command-line flag, with the flag's value type (from the
+    field's annotation: int, float, str or bool)."""
+    hints = typing.get_type_hints(Config)
+    flags = {}
+    for f in dataclasses.fields(Config):
+        if f.name in _OWN_FLAGS:
+            continue
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):          # e.g. int | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        flags[f.name] = kind
+    return flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,17 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} "
                        "(default: $ODC_PROFILE, else quick)")
         p.add_argument("--out", required=True, help="folder the run(s) are saved in")
-        p.add_argument("--download", action="store_true",
-                       help="download CIFAR-10 with torchvision if it is not in the data folder")
         p.add_argument("--resume", action="store_true",
                        help="continue the run in --out where it stopped, with its settings")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        p.add_argument("--compile", action="store_true", default=None,
-                       help="torch.compile the training forward pass (CUDA only)")
         pinned_flag(p)
-        for name, kind in OVERRIDES.items():
-            p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                           help=f"one of {', '.join(CHOICES[name])}" if name in CHOICES else None)
+        what = p.add_argument_group("what is trained (a run's identity)")
+        where = p.add_argument_group("where and how it runs")
+        fields = {f.name: f for f in dataclasses.fields(Config)}
+        for name, kind in config_flags().items():
+            meta = fields[name].metadata
+            text = meta["help"].replace("%", "%%")
+            if meta["choices"]:
+                text += f"; one of {', '.join(meta['choices'])}"
+            default = fields[name].default
+            if default is not None and default is not dataclasses.MISSING \
+                    and "default" not in text:
+                text += f" (default: {default})"
+            group = where if meta["runs"] else what
+            flag = "--" + name.replace("_", "-")
+            if kind is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                   help=text)
+            else:
+                group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
+                                   help=text)
 
     train_p = commands.add_parser("train", help="train one method and save its run")
     train_p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: odc)")
@@ -127,10 +150,9 @@ def rerun_pinned(argv: list[str]) -> int:
 
 def experiment_command(args: argparse.Namespace) -> int:
     """``python -m odc_mini experiment``: list, train and save, or save a run trained elsewhere."""
-    from . import experiments, saved
+    from . import experiments, runfolder, saved
     from .history import History
-    from .run import inspect_folder
-    from .train import check_output, train
+    from .train import train
     if args.list or not args.names:
         present = set(saved.names(args.saved_dir))
         for name, exp in experiments.EXPERIMENTS.items():
@@ -148,7 +170,7 @@ def experiment_command(args: argparse.Namespace) -> int:
             raise ValueError(f"--from saves one run; {len(chosen)} names were given")
         source = Path(args.source)
         history = History.load(source / "history.npz")
-        config = Config.from_dict(json.loads((source / "config.json").read_text()))
+        config = runfolder.read_config(source / "config.json")
         folder = saved.save(history, config, chosen[0].name, args.saved_dir, **notes)
         print(f"{chosen[0].name}: saved to {folder}")
         return 0
@@ -158,8 +180,8 @@ def experiment_command(args: argparse.Namespace) -> int:
         device = {"device": "cpu"} if exp.pinned or args.pinned_kernels else {}
         cfg = exp.config(data_root=args.data_root, **device).validate()
         out = Path(args.work) / exp.name
-        resume = inspect_folder(out).kind in ("unfinished", "finished")   # continue, or start
-        check_output(out, cfg, resume)
+        resume = runfolder.inspect_folder(out).kind in ("unfinished", "finished")  # or start
+        runfolder.check(out, cfg, resume)
         plan.append((exp, cfg, out, resume))
     for exp, cfg, out, resume in plan:
         run = train(cfg, progress=not args.no_progress, out=out, resume=resume)
@@ -171,13 +193,10 @@ def experiment_command(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace, method: str, base: dict | None = None) -> Config:
     """The Config the flags ask for; with ``base`` (a run's saved config, for --resume) the flags
     given override its values, and whatever differs from it is refused later by name."""
-    values = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
+    values = {name: getattr(args, name) for name in config_flags()
+              if getattr(args, name) is not None}
     if args.profile is not None:
         values["profile"] = args.profile
-    if args.compile:
-        values["compile"] = True
-    if args.download:
-        values["download"] = True
     if args.pinned_kernels:
         if values.get("device", "cpu") != "cpu":
             raise ValueError(f"--pinned-kernels is a CPU kernel path; --device {values['device']} "
@@ -190,27 +209,29 @@ def config_from_args(args: argparse.Namespace, method: str, base: dict | None = 
 
 def _saved_config(out: Path) -> dict | None:
     """The config of the run in ``out`` (checkpoint or finished run), None if there is none."""
-    from .run import inspect_folder
+    from .runfolder import inspect_folder
     content = inspect_folder(out)
     return content.config if content.kind in ("unfinished", "finished") else None
 
 
 def summary_table(runs: dict) -> str:
-    """One row per method plus the random-init network (row 0 of the first run)."""
+    """One row per method plus the random-init network (row 0 of the first run); the numbers
+    are :func:`odc_mini.saved.summary`'s, as in the book's results tables."""
+    from .saved import summary
+
     def fmt(x, pct=True):
         return "   -  " if x is None or (isinstance(x, float) and math.isnan(x)) else (
             f"{100 * x:5.1f}%" if pct else f"{x:6.3f}")
     header = f"{'method':<14}{'kNN top-1':>10}{'linear':>9}{'NMI cls':>9}{'NMI t-1,t':>11}{'churn':>8}{'wall s':>8}"
     lines = [header, "-" * len(header)]
-    first = next(iter(runs.values())).history
-    lines.append(f"{'random init':<14}{fmt(first.epoch('knn_top1')[0]):>10}"
-                 f"{fmt(first.epoch('linear_top1')[0]):>9}{'-':>9}{'-':>11}{'-':>8}{'-':>8}")
-    for name, run in runs.items():
-        h = run.history
-        lines.append(f"{name:<14}{fmt(h.last('knn_top1')):>10}{fmt(h.last('linear_top1')):>9}"
-                     f"{fmt(h.last('nmi_classes'), False):>9}{fmt(h.last('nmi_previous'), False):>11}"
-                     f"{fmt(float(np.nanmean(h.epoch('change_ratio')[1:])), False):>8}"
-                     f"{h.last('wall_seconds'):>8.0f}")
+    rows = {name: summary(run.history) for name, run in runs.items()}
+    first = next(iter(rows.values()))
+    lines.append(f"{'random init':<14}{fmt(first['random_knn_top1']):>10}"
+                 f"{fmt(first['random_linear_top1']):>9}{'-':>9}{'-':>11}{'-':>8}{'-':>8}")
+    for name, s in rows.items():
+        lines.append(f"{name:<14}{fmt(s['knn_top1']):>10}{fmt(s['linear_top1']):>9}"
+                     f"{fmt(s['nmi_classes'], False):>9}{fmt(s['nmi_previous'], False):>11}"
+                     f"{fmt(s['churn'], False):>8}{s['wall_seconds']:>8.0f}")
     return "\n".join(lines)
 
 
@@ -225,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if kernels.is_pinned():
         kernels.apply_in_process()
-    from .train import TrainingDiverged, check_output, train  # after parsing: --help stays fast
+    from .runfolder import check   # after parsing: --help stays fast
+    from .train import TrainingDiverged, train
     try:
         if args.command == "experiment":
             return experiment_command(args)
@@ -239,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             if method is None:
                 method = base["method"] if base else "odc"
             cfg = config_from_args(args, method, base)
-            check_output(out, cfg, args.resume)
+            check(out, cfg, args.resume)
             plan[method] = (cfg, out)
         runs = {}
         for method, (cfg, out) in plan.items():

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import AUGMENT_REFERENCE as _REFERENCE
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -63,7 +65,8 @@ CROP_TRIES = 10   # like torchvision's RandomResizedCrop.get_params
 
 @dataclass
 class AugmentConfig:
-    """Parameters of :func:`augment`. Defaults: the ODC reference settings, scaled to CIFAR.
+    """Parameters of :func:`augment`. Defaults: the ODC reference settings, scaled to CIFAR
+    (``config.AUGMENT_REFERENCE``, the one place they are written).
 
     Attributes:
         crop_scale: (lo, hi) range of the crop's area as a fraction of the image area.
@@ -79,16 +82,21 @@ class AugmentConfig:
             2; 0 here by default, see the module docstring).
     """
 
-    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_scale: tuple[float, float] = (_REFERENCE["crop_min_scale"], 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 1.0
-    hue: float = 0.5
-    jitter_p: float = 1.0
-    grayscale_p: float = 0.2
+    brightness: float = _REFERENCE["brightness"]
+    contrast: float = _REFERENCE["contrast"]
+    saturation: float = _REFERENCE["saturation"]
+    hue: float = _REFERENCE["hue"]
+    jitter_p: float = _REFERENCE["jitter_p"]
+    grayscale_p: float = _REFERENCE["grayscale_p"]
     rotation_degrees: float = 0.0
+
+    @classmethod
+    def of(cls, config) -> "AugmentConfig":
+        """The augmentation of a run's :class:`~odc_mini.config.Config`."""
+        return cls(**config.augment_settings())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ image count is known. Both run before any heavy work.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -42,13 +44,19 @@ SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no sub
 # * the milder SimCLR-style CIFAR colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.8;
 # * batch 128 with lr 0.1: more, larger steps in the few minutes available.
 # The full profile keeps the reference settings.
+# The reference augmentation (OpenSelfSup's ODC config, scaled to CIFAR's 32 px): the one place
+# its numbers are written. augment.AugmentConfig takes its defaults from here too.
+AUGMENT_REFERENCE = dict(crop_min_scale=0.2, brightness=0.4, contrast=0.4, saturation=1.0,
+                         hue=0.5, jitter_p=1.0, grayscale_p=0.2)
 PROFILE_DEFAULTS = {
     "quick": dict(arch="small_cnn", dataset="cifar10", subset=10_000, epochs=10, batch_size=128,
                   lr=0.1, num_clusters=100, min_cluster=15, sobel=True, saturation=0.4, hue=0.1,
                   jitter_p=0.8, snapshot_size=2000, eval_batch_size=256, eval_interval=2),
     "full": dict(arch="resnet18", dataset="cifar10", subset=None, epochs=100, batch_size=512,
-                 lr=0.06, num_clusters=100, min_cluster=75, sobel=False, saturation=1.0, hue=0.5,
-                 jitter_p=1.0, snapshot_size=2000, eval_batch_size=1024, eval_interval=1),
+                 lr=0.06, num_clusters=100, min_cluster=75, sobel=False,
+                 saturation=AUGMENT_REFERENCE["saturation"], hue=AUGMENT_REFERENCE["hue"],
+                 jitter_p=AUGMENT_REFERENCE["jitter_p"], snapshot_size=2000, eval_batch_size=1024,
+                 eval_interval=1),
 }
 
 
@@ -57,62 +65,88 @@ def default_profile() -> str:
     return os.environ.get(PROFILE_ENV, "quick")
 
 
+def setting(default=None, help: str = "", *, runs: bool = False, choices=None,
+            factory=None):
+    """A Config field: its default, one line of help (the command line shows it), the accepted
+    values, and ``runs=True`` for a field that says *where or how* a run is computed rather than
+    what is trained (it is not part of the run's :func:`identity`)."""
+    metadata = {"help": help, "runs": runs, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_PROFILE = "(default: the profile's)"
+
+
 @dataclass
 class Config:
-    method: str = "odc"
-    profile: str = field(default_factory=default_profile)
+    method: str = setting("odc", "the method", choices=METHODS)
+    profile: str = setting(help="the budget: quick (CPU) or full (GPU) (default: $ODC_PROFILE, "
+                                "else quick)", choices=PROFILES, factory=default_profile)
     # data
-    dataset: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    subset: int | None = None       # number of training images (stratified); None: profile's
+    dataset: str | None = setting(None, f"the images {_PROFILE}", choices=DATASETS)
+    subset: int | None = setting(None, f"training images, a stratified subset {_PROFILE}")
     # network and optimisation
-    arch: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    sgd_momentum: float = 0.9
-    weight_decay: float = 1e-5
-    sobel: bool | None = None        # DeepCluster's fixed edge filter in front of the backbone
-    feat_dim: int = 256
-    hid_dim: int = 512
-    neck_bn_momentum: float = 0.01
+    arch: str | None = setting(None, f"the backbone {_PROFILE}", choices=ARCHS)
+    epochs: int | None = setting(None, f"training epochs {_PROFILE}")
+    batch_size: int | None = setting(None, f"images per SGD step {_PROFILE}")
+    lr: float | None = setting(None, f"SGD learning rate; x0.4 for the last 10% of epochs "
+                                     f"{_PROFILE}")
+    sgd_momentum: float = setting(0.9, "SGD momentum (the head's is 0)")
+    weight_decay: float = setting(1e-5, "SGD weight decay")
+    sobel: bool | None = setting(None, f"DeepCluster's fixed Sobel filter in front of the "
+                                       f"backbone {_PROFILE}")
+    feat_dim: int = setting(256, "neck output size (the features clustered)")
+    hid_dim: int = setting(512, "neck hidden size")
+    neck_bn_momentum: float = setting(0.01, "BatchNorm momentum in the neck")
     # augmentation (spec §13, CIFAR column): RandomResizedCrop(32, scale=(crop_min_scale, 1)),
     # flip, ColorJitter(brightness, contrast, saturation, hue) with probability jitter_p, grayscale
-    crop_min_scale: float = 0.2
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float | None = None
-    hue: float | None = None
-    jitter_p: float | None = None
-    grayscale_p: float = 0.2
+    crop_min_scale: float = setting(AUGMENT_REFERENCE["crop_min_scale"],
+                                    "smallest crop, as a share of the image area")
+    brightness: float = setting(AUGMENT_REFERENCE["brightness"], "brightness jitter strength")
+    contrast: float = setting(AUGMENT_REFERENCE["contrast"], "contrast jitter strength")
+    saturation: float | None = setting(None, f"saturation jitter strength {_PROFILE}")
+    hue: float | None = setting(None, f"hue jitter, in turns {_PROFILE}")
+    jitter_p: float | None = setting(None, f"probability of colour jitter {_PROFILE}")
+    grayscale_p: float = setting(AUGMENT_REFERENCE["grayscale_p"], "probability of grayscale")
     # clustering (shared)
-    num_clusters: int | None = None
-    kmeans_iters: int = 20
-    recalibrate_bn: bool = True      # BN statistics from the data before the first clustering
+    num_clusters: int | None = setting(None, f"K, the number of clusters {_PROFILE}")
+    kmeans_iters: int = setting(20, "k-means iterations")
+    recalibrate_bn: bool = setting(True, "BatchNorm statistics from the data before the first "
+                                         "clustering")
     # ODC
-    momentum: float = 0.5            # memory momentum; multiplies the *new* feature
-    min_cluster: int | None = None
-    centroid_interval: int = 1       # iterations between full centroid recomputes (10 on ImageNet)
-    deal_interval: int = 1           # iterations between small-cluster handling
-    reweight: bool = True
-    reweight_power: float = 0.5
-    cosine_centroids: bool = False
-    sampler: str = "replacement"
+    momentum: float = setting(0.5, "ODC memory momentum (multiplies the new feature)")
+    min_cluster: int | None = setting(None, f"ODC: clusters smaller than this are re-split "
+                                            f"{_PROFILE}")
+    centroid_interval: int = setting(1, "ODC: iterations between centroid updates")
+    deal_interval: int = setting(1, "ODC: iterations between small-cluster checks")
+    reweight: bool = setting(True, "ODC: weight the loss by cluster size^-power")
+    reweight_power: float = setting(0.5, "ODC: the re-weighting power")
+    cosine_centroids: bool = setting(False, "ODC: assign by cosine instead of the dot product")
+    sampler: str = setting("replacement", "ODC: how an epoch draws its images", choices=SAMPLERS)
     # DeepCluster
-    pca_dim: int = 128
+    pca_dim: int = setting(128, "DeepCluster: PCA-whitened dimensions before k-means")
     # evaluation and recording
-    eval_interval: int | None = None  # epochs between kNN evaluations (the last is always measured)
-    knn_k: int = 200
-    knn_temperature: float = 0.07
-    snapshot_size: int | None = None
-    snapshot_interval: int | None = None  # None: about 5 snapshots per run
-    eval_batch_size: int | None = None
-    linear_probe: bool = True
-    # machine
-    device: str = "auto"
-    compile: bool = False            # torch.compile the training forward pass (CUDA only)
-    seed: int = 0
+    eval_interval: int | None = setting(None, f"epochs between kNN evaluations (the last is "
+                                              f"always measured) {_PROFILE}")
+    knn_k: int = setting(200, "kNN: neighbours")
+    knn_temperature: float = setting(0.07, "kNN: temperature of the vote weights")
+    snapshot_size: int | None = setting(None, f"images whose features are kept for embeddings "
+                                              f"{_PROFILE}")
+    snapshot_interval: int | None = setting(None, "epochs between feature snapshots (default: "
+                                                  "about 5 per run)")
+    eval_batch_size: int | None = setting(None, f"batch size of feature extraction {_PROFILE}")
+    linear_probe: bool = setting(True, "train a linear probe at the first and last epoch")
+    seed: int = setting(0, "seed of the weights, the subset, the order and the augmentation")
+    # where and how it runs (not part of the run's identity)
+    data_root: str | None = setting(None, "folder holding cifar10.npz (default: $ODC_DATA, "
+                                          "else ./data)", runs=True)
+    download: bool = setting(False, "download CIFAR-10 with torchvision if it is missing",
+                             runs=True)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", runs=True)
+    compile: bool = setting(False, "torch.compile the training forward pass (CUDA only)",
+                            runs=True)
 
     def __post_init__(self):
         if self.profile in PROFILE_DEFAULTS:
@@ -160,11 +194,33 @@ class Config:
             self.check_against_data(self.subset if self.subset is not None else SYNTHETIC_DEFAULT)
         return self
 
-    def augment_config(self):
-        from .augment import AugmentConfig
-        return AugmentConfig(crop_scale=(self.crop_min_scale, 1.0), brightness=self.brightness,
-                             contrast=self.contrast, saturation=self.saturation, hue=self.hue,
-                             jitter_p=self.jitter_p, grayscale_p=self.grayscale_p)
+    def augment_settings(self) -> dict:
+        """The augmentation fields, as ``augment.AugmentConfig`` takes them."""
+        return dict(crop_scale=(self.crop_min_scale, 1.0), brightness=self.brightness,
+                    contrast=self.contrast, saturation=self.saturation, hue=self.hue,
+                    jitter_p=self.jitter_p, grayscale_p=self.grayscale_p)
+
+    def identity(self) -> dict:
+        """What identifies the run: every field but those that say where or how it runs (data
+        folder, download, device, compile). Two configs with equal identities train the same
+        run, on any machine; the run store, checkpoints, the saved runs and their provenance all
+        compare runs by it."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.metadata["runs"]}
+
+    def key(self) -> str:
+        """A short stable hash of :meth:`identity`: the name a run is stored under."""
+        text = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, other: "Config | dict") -> list[str]:
+        """``["epochs (saved 3, now 10)", ...]``: how ``other`` (saved) differs from this one
+        (now) in identity."""
+        saved = other.identity() if isinstance(other, Config) else \
+            {k: v for k, v in other.items() if k not in RUNTIME_FIELDS}
+        now = self.identity()
+        return [f"{k} (saved {saved.get(k)!r}, now {now.get(k)!r})"
+                for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
 
     def check_against_data(self, num_images: int) -> None:
         """The limits that depend on the number of training images N."""
@@ -186,6 +242,9 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config field(s) {', '.join(unknown)}")
         return cls(**values)
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["runs"])
 
 
 def _is_int(value) -> bool:

@@ -20,10 +20,10 @@ pinned run is a new process: :func:`pinned_command`, or ``--pinned-kernels`` on 
 line. It is about three times slower than the machine's own path.
 
 Whether two machines really share the pinned path is measured, not assumed: :func:`fingerprint`
-hashes a fixed set of torch operations of the kinds a run is made of (convolutions, matrix
-products, batch norm, the loss and SGD, vector maths, reductions, an eigendecomposition) on
-fixed inputs. It does not run odc_mini's code, so a changed fingerprint means other kernels,
-never other code. The golden runs (``tests/test_golden.py``) record theirs.
+hashes a fixed set of operations of the kinds a run is made of (convolutions, matrix products,
+batch norm, the loss and SGD, vector maths, reductions, an eigendecomposition) on fixed
+inputs. It calls torch only, never odc_mini's code, so a changed fingerprint
+means other kernels, never other code. The golden runs (``tests/test_golden.py``) record theirs.
 """
 from __future__ import annotations
 
@@ -179,6 +179,20 @@ def pinned_fingerprint() -> str:
     done = subprocess.run([sys.executable, "-c", code], env=pinned_env(), capture_output=True,
                           text=True, check=True)
     return done.stdout.strip().splitlines()[-1]
+
+
+def machine(device) -> dict:
+    """Where a run on ``device`` computes, as its history records it: the machine, torch and
+    python, and on the CPU the processor, the kernel path and (pinned) its fingerprint."""
+    import torch
+    out = {"machine": torch.cuda.get_device_name(device) if device.type == "cuda" else
+           f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+           "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cpu":
+        out.update(cpu=cpu_model(), kernels=describe())
+        if is_pinned():      # what the exact golden check compares machines by
+            out["kernel_fingerprint"] = fingerprint()
+    return out
 
 
 def cpu_model() -> str:

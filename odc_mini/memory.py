@@ -57,7 +57,7 @@ class ODCMemory:
         centroids: (K, D) float32, c_k = mean of the member features (not unit length).
     """
 
-    def __init__(self, num_samples: int, feat_dim: int, num_clusters: int, momentum: float = 0.5,
+    def __init__(self, num_samples: int, feat_dim: int, num_clusters: int, *, momentum: float = 0.5,
                  min_cluster: int = 20, device: str | torch.device = "cpu",
                  cosine_centroids: bool = False, seed: int = 0, centroid_interval: int = 1,
                  deal_interval: int = 1):
@@ -87,6 +87,14 @@ class ODCMemory:
         self._small_flag: torch.Tensor | None = None   # "some cluster is small", not yet read
         self._small_event = None                       # CUDA event: the flag's copy is done
         self._small_host: torch.Tensor | None = None   # pinned host copy of the flag (CUDA)
+
+    @classmethod
+    def of(cls, cfg, num_samples: int, device: str | torch.device = "cpu") -> "ODCMemory":
+        """The memory of a run's Config for ``num_samples`` images."""
+        return cls(num_samples, cfg.feat_dim, cfg.num_clusters, momentum=cfg.momentum,
+                   min_cluster=cfg.min_cluster, device=device,
+                   cosine_centroids=cfg.cosine_centroids, seed=cfg.seed,
+                   centroid_interval=cfg.centroid_interval, deal_interval=cfg.deal_interval)
 
     # ------------------------------------------------------------------ set-up
     def init_memory(self, features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -138,6 +138,12 @@ class ClusterNet(nn.Module):
         self.neck = Neck(self.backbone.out_dim, hid_dim, feat_dim, neck_bn_momentum)
         self.head = Head(feat_dim, num_clusters)
 
+    @classmethod
+    def of(cls, cfg) -> "ClusterNet":
+        """The network a run's Config describes (freshly initialised from the global RNG)."""
+        return cls(cfg.arch, cfg.num_clusters, cfg.hid_dim, cfg.feat_dim, cfg.neck_bn_momentum,
+                   cfg.sobel)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.neck(self.backbone(x))
         return z, self.head(z)

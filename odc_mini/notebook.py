@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import default_cache_dir
+from .store import default_cache_dir
 from .config import Config, default_profile
 from .data import DATA_ENV, NPZ_NAME
 

@@ -30,9 +30,7 @@ class ODC(Method):
 
     def __init__(self, model, images, cfg, generator):
         super().__init__(model, images, cfg, generator)
-        self.memory = ODCMemory(self.num_samples, cfg.feat_dim, cfg.num_clusters, cfg.momentum,
-                                cfg.min_cluster, images.device, cfg.cosine_centroids, cfg.seed,
-                                cfg.centroid_interval, cfg.deal_interval)
+        self.memory = ODCMemory.of(cfg, self.num_samples, images.device)
         self.weights = torch.full((cfg.num_clusters,), 1.0 / cfg.num_clusters, device=images.device)
 
     def setup(self, progress: bool = False) -> None:

@@ -3,93 +3,87 @@ with the package, each with the command that trained it and the machine it ran o
 
     from odc_mini import saved
     saved.names()                             # what is there
-    run = saved.load("cpu50k-odc")            # .config, .history, .provenance
-    run = saved.replay_or_train(config)       # the saved run of this config, else train (cached)
+    run = saved.load("cpu50k-odc")            # a Run: .config, .history, .provenance, .name
+    run = saved.find(config)                  # the saved run of this config's identity, or None
     saved.summary(run.history)                # the numbers of the results tables
     saved.differences(mine.history, run.history)  # [] when bit-identical (one kernel path)
 
-Whether a run of another machine agrees with a saved run *within seed noise* is
-:mod:`odc_mini.seeds`' question.
+:func:`odc_mini.store.get` looks here first, then in the user's cache, else trains. Whether a run
+of another machine agrees with a saved run *within seed noise* is :mod:`odc_mini.seeds`'
+question.
 
-A folder ``saved_runs/<name>/`` holds ``config.json``, ``history.npz`` (compacted: every scalar
-record, label banks and snapshots only where the experiment keeps them) and ``provenance.json``.
+A folder ``saved_runs/<name>/`` holds ``config.json`` (the run's identity), ``history.npz``
+(compacted: every scalar record, label banks and snapshots only where the experiment keeps them)
+and ``provenance.json``. ``saved_runs/index.json`` maps each run's key (``Config.key()``) to its
+name, so a lookup reads one small file.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import experiments, kernels
 from .config import Config
 from .history import History
+from .runfolder import Run, provenance, read_config
 
 SAVED_DIR = Path(__file__).with_name("saved_runs")
-# Settings that say where and how a run was computed, not what it is: a saved run replays for a
-# config that differs only in these.
-_NOT_COMPARED = ("data_root", "download", "device", "compile")
+INDEX = "index.json"
 
 
-@dataclass
-class SavedRun:
-    name: str
-    config: Config
-    history: History
-    provenance: dict
-
-    def __repr__(self) -> str:
-        return f"SavedRun({self.name!r}, {self.provenance.get('machine', '?')})"
-
-
-def settings(config: Config) -> dict:
-    """What identifies a run's training: its config without where or how it ran."""
-    return {k: v for k, v in config.to_dict().items() if k not in _NOT_COMPARED}
+def _root(directory: str | Path | None) -> Path:
+    return Path(directory) if directory is not None else SAVED_DIR
 
 
 def names(directory: str | Path | None = None) -> list[str]:
-    root = Path(directory) if directory is not None else SAVED_DIR
+    root = _root(directory)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / "history.npz").is_file())
 
 
-def load(name: str, directory: str | Path | None = None) -> SavedRun:
-    folder = (Path(directory) if directory is not None else SAVED_DIR) / name
+def load(name: str, directory: str | Path | None = None) -> Run:
+    """The saved run ``name``: its config, history, provenance and name (no network)."""
+    folder = _root(directory) / name
     if not (folder / "history.npz").is_file():
         raise ValueError(f"no saved run {name!r} in {folder.parent}; saved: "
                          f"{', '.join(names(directory)) or 'none'}")
-    config = Config(**json.loads((folder / "config.json").read_text()))
-    history = History.load(folder / "history.npz")
-    provenance = json.loads((folder / "provenance.json").read_text())
-    return SavedRun(name, config, history, provenance)
+    return Run(read_config(folder / "config.json"), History.load(folder / "history.npz"),
+               name=name, provenance=json.loads((folder / "provenance.json").read_text()))
 
 
-def find(config: Config, directory: str | Path | None = None) -> SavedRun | None:
-    """The saved run trained with ``config``'s settings (data folder and device aside), if any."""
-    wanted = settings(config)
-    for name in names(directory):
-        folder = (Path(directory) if directory is not None else SAVED_DIR) / name
-        stored = Config(**json.loads((folder / "config.json").read_text()))
-        if settings(stored) == wanted:
-            return load(name, directory)
-    return None
+def index(directory: str | Path | None = None) -> dict[str, str]:
+    """``{key: name}`` of the saved runs (``Config.key()`` of each run's config)."""
+    path = _root(directory) / INDEX
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def replay_or_train(config: Config, retrain: bool = False, **cached_run_options):
-    """The saved run of ``config`` (instantly), or, when there is none or ``retrain`` is set, the
-    run trained on this machine (:func:`odc_mini.cache.cached_run`, so only the first time)."""
-    config = config.validate()
-    if not retrain:
-        found = find(config)
-        if found is not None:
-            return found
-    from .cache import cached_run       # trains: imported only when needed
-    return cached_run(config, **cached_run_options)
+def index_of_folders(directory: str | Path | None = None) -> dict[str, str]:
+    """``{key: name}`` computed from the saved runs' own configs (what the index must say)."""
+    root = _root(directory)
+    return {read_config(root / name / "config.json").key(): name for name in names(directory)}
+
+
+def _write_index(entries: dict[str, str], directory: str | Path | None) -> None:
+    (_root(directory) / INDEX).write_text(json.dumps(dict(sorted(entries.items())), indent=1)
+                                          + "\n")
+
+
+def rebuild_index(directory: str | Path | None = None) -> dict[str, str]:
+    """Write the index from the saved runs' own configs; returns it."""
+    entries = index_of_folders(directory)
+    _write_index(entries, directory)
+    return entries
+
+
+def find(config: Config, directory: str | Path | None = None) -> Run | None:
+    """The saved run with ``config``'s identity (data folder, device and compile aside), if any."""
+    name = index(directory).get(config.key())
+    return load(name, directory) if name is not None else None
 
 
 def _epochs_kept(rule: str, num_epochs: int, available: list[int]) -> list[int] | None:
@@ -106,40 +100,43 @@ def _epochs_kept(rule: str, num_epochs: int, available: list[int]) -> list[int] 
 
 
 def save(history: History, config: Config, name: str, directory: str | Path | None = None,
-         **provenance) -> Path:
+         **notes) -> Path:
     """Write experiment ``name``'s run (its config must be the experiment's) compacted as the
-    experiment says, with its provenance: the command, the machine and wall time from the
-    history, and any ``provenance`` items given (they override)."""
+    experiment says, with its provenance: the command, and the machine, software and times the
+    history recorded; ``notes`` are added (they override). Updates the index."""
     experiment = experiments.get(name)
-    if settings(config) != settings(experiment.config()):
-        differ = [k for k, v in settings(config).items() if settings(experiment.config())[k] != v]
-        raise ValueError(f"this run is not experiment {name!r}: {', '.join(differ)} differ")
+    differ = experiment.config().differences(config)
+    if differ:
+        raise ValueError(f"this run is not experiment {name!r}: "
+                         f"{', '.join(d.split(' ')[0] for d in differ)} differ")
     compact = history.compact(
         label_epochs=_epochs_kept(experiment.keep_labels, history.num_epochs, history.label_epochs),
         snapshot_epochs=_epochs_kept(experiment.keep_snapshots, history.num_epochs,
                                      history.snapshot_epochs))
-    folder = (Path(directory) if directory is not None else SAVED_DIR) / name
+    folder = _root(directory) / name
     folder.mkdir(parents=True, exist_ok=True)
-    values = {k: v for k, v in config.to_dict().items() if k not in ("data_root", "download")}
-    (folder / "config.json").write_text(json.dumps(values, indent=1) + "\n")
+    (folder / "config.json").write_text(json.dumps(config.identity(), indent=1) + "\n")
     compact.save(folder / "history.npz")
     record = {"name": name, "about": experiment.about, "command": experiment.command(),
-              "machine": history.meta.get("machine"), "device": history.meta.get("device"),
-              "processes": history.meta.get("processes", 1),
-              "odc_mini": history.meta.get("version"),
-              "wall_seconds": history.last("wall_seconds"),
-              "train_seconds": history.last("train_seconds"),
-              "saved": datetime.date.today().isoformat(),
-              # what the training process recorded (runs from before it: the saving process's)
-              "python": history.meta.get("python", platform.python_version()),
-              "torch": history.meta.get("torch", torch.__version__)}
-    if history.meta.get("device") == "cpu":
-        record["cpu"] = history.meta.get("cpu", kernels.cpu_model())
-        record.update({k: history.meta[k] for k in ("kernels", "kernel_fingerprint")
-                       if k in history.meta})
-    record.update(provenance)
+              **provenance_of(history), "saved": datetime.date.today().isoformat(), **notes}
     (folder / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+    entries = {k: v for k, v in index(directory).items() if v != name}
+    entries[config.key()] = name
+    _write_index(entries, directory)
     return folder
+
+
+def provenance_of(history: History) -> dict:
+    """:func:`odc_mini.runfolder.provenance`, completed for runs recorded before torch, python
+    and the processor went into the history (the saving process's are taken)."""
+    import torch
+    record = provenance(history)
+    record.setdefault("python", platform.python_version())
+    record.setdefault("torch", torch.__version__)
+    if history.meta.get("device") == "cpu":
+        record.setdefault("cpu", kernels.cpu_model())
+    record.setdefault("processes", 1)
+    return record
 
 
 # ---------------------------------------------------------------------------------- numbers

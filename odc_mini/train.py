@@ -8,19 +8,12 @@ The loop is the same for both methods; only ``method.epoch_indices`` (DeepCluste
 and ``method.train_step`` (ODC updates its memories there) differ. Per-iteration numbers stay on
 the device until the end of the epoch, so a GPU never waits for the host in the hot loop.
 
-With ``out``, the run is checkpointed after the initial clustering, at every epoch end and on
-Ctrl-C (after the current step), and ``resume=True`` continues it bit for bit (``checkpoint.py``).
-A loss or feature that stops being finite ends the run with a ``TrainingDiverged`` error naming
-the iteration; the last checkpoint, from before it, is left as it was.
+What is not the loop lives elsewhere: the start state in ``build.py``, the run folder
+(checks, checkpoints, resume, the finished run) in ``runfolder.py``, and how a run stops early
+(signals, divergence) in ``stops.py``.
 """
 from __future__ import annotations
 
-import contextlib
-import platform
-import random
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,62 +22,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoint, distributed, kernels
-from .augment import augment
+from . import distributed, kernels, runfolder, stops
+from .augment import AugmentConfig, augment
+from .build import Start, build, resolve_device
 from .config import Config
-from .data import load_dataset
-from .deepcluster import DeepCluster
 from .history import History
-from .method import Method, recalibrate_batchnorm
-from .models import ClusterNet
+from .method import Method
 from .odc import ODC
 from .recorder import Recorder
-from .run import FolderContent, Run, describe_position, inspect_folder, load_run
+from .runfolder import Run
+from .stops import TrainingDiverged
+from .version import __version__
 
-__all__ = ["METHOD_CLASSES", "Run", "TrainingDiverged", "build_model", "check_output", "load_run",
-           "resolve_device", "seed_everything", "train", "train_epoch"]
-
-METHOD_CLASSES = {"odc": ODC, "deepcluster": DeepCluster}
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or the network's features stopped being finite; the message says where."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when there is one; asking for a CUDA device that is not there is a clear
-    error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; accepted: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
-                             "use 'cpu' or 'auto'")
-        index = device.index
-        if index is not None and index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} was asked for but this machine has "
-                             f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 to "
-                             f"cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: Config, device: torch.device) -> ClusterNet:
-    model = ClusterNet(cfg.arch, cfg.num_clusters, cfg.hid_dim, cfg.feat_dim, cfg.neck_bn_momentum,
-                       cfg.sobel)
-    if distributed.is_distributed():   # global-batch BN and dropout in training steps
-        distributed.convert(model)
-    # channels_last: faster convolutions on GPUs and, measured here, on the CPU too (1.7x).
-    return model.to(device, memory_format=torch.channels_last)
+__all__ = ["Run", "TrainingDiverged", "train", "train_epoch"]
 
 
 def train(config: Config, progress: bool = True,
@@ -99,9 +49,10 @@ def train(config: Config, progress: bool = True,
 
     ``out``: a folder for checkpoints and, at the end, the saved run (``Run.save``). It must be
     empty or new, unless ``resume=True``: then the run in it is continued exactly where it
-    stopped (or loaded, if it had finished). ``config`` must equal the run's config, except for
-    where the data lives (``data_root``, ``download``). ``resume="auto"`` resumes when ``out``
-    holds a run and starts one otherwise: a notebook cell that can simply be run again.
+    stopped (or loaded, if it had finished). ``config`` must have the run's identity
+    (``Config.identity``: everything but where the data lives, the device and compile).
+    ``resume="auto"`` resumes when ``out`` holds a run and starts one otherwise: a notebook cell
+    that can simply be run again.
 
     Every setting, the device, the output folder and the data are checked before any training,
     and a bad one raises one ``ValueError`` line naming it.
@@ -123,138 +74,35 @@ def train(config: Config, progress: bool = True,
             device = torch.device("cuda", distributed.local_rank())
         progress = progress and distributed.is_main()
     out = Path(out) if out is not None else None
-    saved = _open_output(out, cfg, resume, device)
+    saved = runfolder.open_run(out, cfg, resume, device)
     distributed.barrier()                  # every rank has looked at ``out`` before rank 0 writes
     if isinstance(saved, Run):
         return saved                       # resume=True on a finished run: nothing left to do
-    training = _Training(cfg, device, out, progress, callback)
-    return training.run(saved)
-
-
-def check_output(out: str | Path, cfg: Config, resume: bool) -> FolderContent:
-    """Check that the folder ``out`` can take the run of ``cfg`` (empty or new), or, with
-    ``resume``, that it holds a run of ``cfg`` to continue. One ``ValueError`` line otherwise.
-    Reads no more than the config of what is there."""
-    out = Path(out)
-    content = inspect_folder(out)
-    if content.kind == "foreign":
-        raise ValueError(f"output folder {out} cannot take the run: {content.detail}; choose an "
-                         "empty or new folder")
-    if content.kind == "empty":
-        if resume:
-            raise ValueError(f"cannot resume {out}: it holds no run (no {checkpoint.FILE_NAME})")
-        return content
-    differences = checkpoint.config_differences(content.config, cfg.to_dict())
-    if resume:
-        if content.version is not None and content.version != __version__:
-            raise ValueError(f"cannot resume {out}: its checkpoint was written by odc_mini "
-                             f"{content.version} and this is {__version__}; resume with that "
-                             "version or start a new run")
-        if differences:
-            raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(differences))
-        return content
-    if differences:
-        shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
-        raise ValueError(f"output folder {out} holds a different run ({shown}); choose another "
-                         "folder")
-    if content.kind == "unfinished":
-        raise ValueError(f"output folder {out} holds an unfinished run of this config "
-                         f"({content.detail}); continue it with resume=True (CLI: --resume) or "
-                         "choose another folder")
-    raise ValueError(f"output folder {out} already holds the finished run of this config; load it "
-                     f"with odc_mini.load_run({str(out)!r}) or choose another folder")
-
-
-def _open_output(out: Path | None, cfg: Config, resume: bool | str,
-                 device: torch.device) -> dict | Run | None:
-    """None (start afresh), the checkpoint to resume from, or the finished run to return."""
-    if out is None:
-        if resume:
-            raise ValueError(f"resume={resume!r} needs out=<the folder of the run to continue>")
-        return None
-    if resume == "auto":
-        resume = inspect_folder(out).kind in ("unfinished", "finished")
-    content = check_output(out, cfg, resume)
-    if content.kind == "empty":
-        return None
-    if content.kind == "finished":
-        return load_run(out, str(device))
-    state = checkpoint.read(out / checkpoint.FILE_NAME)
-    checkpoint.check_resumable(state, cfg.to_dict(), out / checkpoint.FILE_NAME)
-    return state
-
-
-class _Interrupt:
-    """Set by the first Ctrl-C; the loop stops after the current step and checkpoints."""
-    requested = False
-
-
-@contextlib.contextmanager
-def _deferred_interrupt(enabled: bool):
-    """While training with checkpoints, the first SIGINT (Ctrl-C, a notebook's "interrupt") or
-    SIGTERM (``kill``, torchrun stopping its workers) only sets a flag, so the run stops between
-    two steps with a consistent state to save; a second one acts at once. Only the main thread
-    can own signal handlers."""
-    flag = _Interrupt()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-    if any(h is None for h in previous.values()):   # set from C: we could not restore it
-        yield flag
-        return
-
-    def handler(signum, frame):
-        flag.requested = True
-        for s in signals:
-            signal.signal(s, previous[s])
-        print(f"\nodc_mini: {signal.Signals(signum).name}; finishing this step and saving a "
-              "checkpoint (signal again to stop at once)", file=sys.stderr, flush=True)
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield flag
-    finally:
-        for s in signals:
-            signal.signal(s, previous[s])
+    start = build(cfg, device, recalibrate=saved is None)
+    return _Training(start, out, progress, callback).run(saved)
 
 
 class _Training:
-    """One training run in progress: what a checkpoint saves and restores, and the loop."""
+    """One training run in progress: the loop, and what a checkpoint saves and restores."""
 
-    def __init__(self, cfg: Config, device: torch.device, out: Path | None, progress: bool,
+    def __init__(self, start: Start, out: Path | None, progress: bool,
                  callback: Callable[[History], None] | None):
-        self.cfg, self.device, self.out = cfg, device, out
+        cfg, self.cfg, self.device, self.out = start.config, start.config, start.device, out
         self.progress, self.callback = progress, callback
-        seed_everything(cfg.seed)
-        train_set, test_set = load_dataset(cfg.dataset, cfg.data_root, cfg.subset, cfg.seed, cfg.download)
-        cfg.check_against_data(len(train_set))
-        self.train_set, self.test_set = train_set.to(device), test_set.to(device)
-
-        self.model = build_model(cfg, device)
-        # Every generator the run draws from, by name (checkpoints save each one's state).
-        self.generators = {
-            "sampler": torch.Generator().manual_seed(cfg.seed),                 # order, k-means seeds
-            "augment": torch.Generator(device=device).manual_seed(cfg.seed),
-            "order": torch.Generator().manual_seed(cfg.seed),   # colour-op order: host side, no sync
-        }
-        self.method: Method = METHOD_CLASSES[cfg.method](self.model, self.train_set.images, cfg,
-                                                         self.generators["sampler"])
+        self.train_set, self.model = start.train_set, start.model
+        self.method, self.generators = start.method, start.generators
         if distributed.is_distributed():
             self.method.distribute()
         if cfg.compile:
             self.method.compile()
         self.history = History({"config": cfg.to_dict(), "version": __version__,
-                                "device": str(device), "machine": _machine_description(device),
-                                **_software(device),
+                                "device": str(self.device), **kernels.machine(self.device),
                                 "processes": distributed.world_size(),
-                                "classes": list(train_set.classes)})
+                                "classes": list(self.train_set.classes)})
         self.writes = out is not None and distributed.is_main()   # rank 0 alone writes
-        self.recorder = Recorder(cfg, self.method, self.train_set, self.test_set, self.history)
-        self.augment_cfg = cfg.augment_config()
-        self.iterations = len(train_set) // cfg.batch_size   # the last partial batch is dropped
+        self.recorder = Recorder(cfg, self.method, self.train_set, start.test_set, self.history)
+        self.augment_cfg = AugmentConfig.of(cfg)
+        self.iterations = len(self.train_set) // cfg.batch_size  # the last partial batch is dropped
         self.epoch = 0               # epochs recorded in the history (0: only the initial row)
         self.partial: dict | None = None   # an epoch stopped part-way (see ``_train_epoch``)
         self.train_seconds = 0.0
@@ -267,10 +115,9 @@ class _Training:
     # ------------------------------------------------------------------ the loop
     def run(self, saved: dict | None) -> Run:
         cfg = self.cfg
-        if self.writes:               # files of a write that a kill cut short
-            for stale in self.out.glob(f".{checkpoint.FILE_NAME}.*.tmp"):
-                stale.unlink()
-        with _deferred_interrupt(enabled=self.out is not None) as interrupt:
+        if self.writes:
+            runfolder.remove_partial_writes(self.out)
+        with stops.deferred_interrupt(enabled=self.out is not None) as interrupt:
             if saved is None:
                 self._initial_row()
             else:
@@ -286,17 +133,14 @@ class _Training:
             finally:
                 bar.close()
         memory = self.method.memory if isinstance(self.method, ODC) else None
-        run = Run(cfg, self.history, self.model, memory)
+        run = Run(cfg, self.history, self.model, memory, provenance=runfolder.provenance(self.history))
         if self.writes:
-            run.save(self.out)
-            (self.out / checkpoint.FILE_NAME).unlink(missing_ok=True)
+            runfolder.finish(self.out, run)
         distributed.barrier()         # the run is saved when any rank returns
         return run
 
     def _initial_row(self) -> None:
         """Row 0: the random-init network, and the initial clustering (ODC)."""
-        if self.cfg.recalibrate_bn:   # before the baseline too: the random network at its best
-            recalibrate_batchnorm(self.model, self.train_set.images, self.cfg.eval_batch_size)
         row = self._guarded(0, lambda: self.recorder.measure_features(0, final=False))
         t0 = time.perf_counter()
         self._guarded(0, lambda: self.method.setup(progress=self.progress))
@@ -306,7 +150,7 @@ class _Training:
         self.history.add_epoch(epoch=0, **row)
         self._end_of_epoch()
 
-    def _train_epoch(self, epoch: int, interrupt: _Interrupt, bar) -> None:
+    def _train_epoch(self, epoch: int, interrupt: stops.Interrupt, bar) -> None:
         cfg, iterations = self.cfg, self.iterations
         t0 = time.perf_counter()
         if self.partial is not None:          # resume the epoch a checkpoint stopped in
@@ -373,73 +217,47 @@ class _Training:
         if self.callback is not None:
             self.callback(self.history)
 
-    def _stop_if(self, interrupt: _Interrupt) -> None:
+    def _stop_if(self, interrupt: stops.Interrupt) -> None:
         if distributed.any_rank(interrupt.requested, self.device):   # all ranks stop together
             state = {"config": self.cfg.to_dict(), "epoch": self.epoch, "partial": self.partial}
-            raise KeyboardInterrupt(
-                f"interrupted, {describe_position(state)}; the checkpoint is in {self.out}; continue "
-                f"with train(config, out={str(self.out)!r}, resume=True) or "
-                f"python -m odc_mini train --out {self.out} --resume")
+            raise stops.interrupted(runfolder.describe_position(state), self.out)
 
     # ------------------------------------------------------------------ failures
+    def _kept(self) -> str:
+        return stops.what_is_kept(None if self.out is None else self.out / runfolder.CHECKPOINT,
+                                  self.epoch)
+
     def _guarded(self, epoch: int, work: Callable):
         """Run feature extraction or clustering; non-finite features end the run clearly."""
         try:
             return work()
         except FloatingPointError as err:
-            where = "the random-init network" if epoch == 0 else f"the network after epoch {epoch}"
-            raise TrainingDiverged(f"training stopped: {where} gives non-finite features ({err}); "
-                                   f"{self._what_is_kept()}; {self._advice()}") from None
+            raise stops.nonfinite_features(epoch, err, self._kept(), self.cfg) from None
 
     def _diverged(self, epoch: int, rows: list[torch.Tensor]) -> TrainingDiverged:
-        steps = torch.stack(rows).cpu() if rows else torch.zeros(0, 4)
-        bad = torch.nonzero(steps[:, 3] == 0).flatten()
-        if len(bad) == 0:
-            what, b = "the ODC memory received non-finite features", len(rows) - 1
-        else:
-            b = int(bad[0])
-            loss = float(steps[b, 0])
-            what = (f"the loss became {loss}" if not np.isfinite(loss)
-                    else "the network's features became non-finite")
-        iteration = (epoch - 1) * self.iterations + b + 1
-        return TrainingDiverged(f"training stopped at iteration {iteration} (epoch {epoch}, step "
-                                f"{b + 1} of {self.iterations}): {what}; {self._what_is_kept()}; "
-                                f"{self._advice()}")
-
-    def _what_is_kept(self) -> str:
-        if self.out is None:
-            return "nothing was saved (pass out=<folder> to keep checkpoints)"
-        path = self.out / checkpoint.FILE_NAME
-        if not path.is_file():
-            return "nothing was saved"
-        return f"{path} still holds the run as it was after epoch {self.epoch}, before the failure"
-
-    def _advice(self) -> str:
-        return (f"try a new run with a lower learning rate than lr={self.cfg.lr:g} "
-                f"(e.g. lr={self.cfg.lr / 10:g}) or a larger batch size than {self.cfg.batch_size}")
+        return stops.diverged(epoch, rows, self.iterations, self._kept(), self.cfg)
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
         if not self.writes:
             return
         history = np.frombuffer(self.history.to_bytes(compress=False), dtype=np.uint8)
-        state = {
-            "format": checkpoint.FORMAT, "format_version": checkpoint.FORMAT_VERSION,
-            "version": __version__, "config": self.cfg.to_dict(),
-            "epoch": self.epoch, "partial": checkpoint.to_cpu(self.partial),
-            "model": checkpoint.to_cpu(self.model.state_dict()),
-            "method": checkpoint.to_cpu(self.method.state_dict()),
-            "recorder": checkpoint.to_cpu(self.recorder.state_dict()),
-            "rng": checkpoint.capture_rng(self.generators),
+        to_cpu = runfolder.to_cpu
+        runfolder.write_checkpoint(self.out, {
+            "config": self.cfg.to_dict(), "device_type": self.device.type,
+            "epoch": self.epoch, "partial": to_cpu(self.partial),
+            "model": to_cpu(self.model.state_dict()),
+            "method": to_cpu(self.method.state_dict()),
+            "recorder": to_cpu(self.recorder.state_dict()),
+            "rng": runfolder.capture_rng(self.generators),
             "history": torch.from_numpy(history.copy()),
             "clock": {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()},
-        }
-        checkpoint.atomic_save(state, self.out / checkpoint.FILE_NAME)
+        })
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
-        source = f"{self.out / checkpoint.FILE_NAME} (its history)"
+        source = f"{self.out / runfolder.CHECKPOINT} (its history)"
         self.history = History.from_bytes(state["history"].numpy().tobytes(), source)
         self.recorder.history = self.history
         self.recorder.load_state_dict(state["recorder"])
@@ -448,11 +266,12 @@ class _Training:
         self.wall_before, self.started = state["clock"]["wall_seconds"], time.perf_counter()
         self.history.meta.setdefault("resumed", []).append(
             {"epoch": self.epoch, "step": self.partial["step"] if self.partial else 0})
-        checkpoint.restore_rng(state["rng"], self.generators)
+        runfolder.restore_rng(state["rng"], self.generators)
 
 
 def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, iterations: int,
-                batch_size: int, augment_cfg, generators: tuple[torch.Generator, torch.Generator],
+                batch_size: int, augment_cfg: AugmentConfig,
+                generators: tuple[torch.Generator, torch.Generator],
                 on_step: Callable[[int, torch.Tensor], bool | None] | None = None, *,
                 start: int = 0, rows: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The hot loop: steps ``start .. iterations-1`` over consecutive batches of ``order``
@@ -487,20 +306,3 @@ def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, itera
         if stop:
             break
     return torch.stack(rows)
-
-
-def _machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def _software(device: torch.device) -> dict:
-    """What decides the run's last bits besides the code: torch, and on the CPU the processor
-    and the kernel path (odc_mini.kernels); recorded with the run, read by its provenance."""
-    out = {"torch": torch.__version__, "python": platform.python_version()}
-    if device.type == "cpu":
-        out.update(cpu=kernels.cpu_model(), kernels=kernels.describe())
-        if kernels.is_pinned():      # what the exact golden check compares machines by
-            out["kernel_fingerprint"] = kernels.fingerprint()
-    return out

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from odc_mini import Config, checkpoint, distributed, train
-from odc_mini.run import Run
+from odc_mini import Config, distributed, runfolder, train
+from odc_mini.runfolder import Run
 
 
 def count_calls(owner, name: str, counter: list) -> None:
@@ -29,7 +29,7 @@ def count_calls(owner, name: str, counter: list) -> None:
 def main() -> None:
     config, out, dump = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     writes: list = []
-    count_calls(checkpoint, "atomic_save", writes)
+    count_calls(runfolder, "atomic_save", writes)
     count_calls(Run, "save", writes)
     run = train(Config(**config), progress=False, out=out)
     held = {"model": run.model.state_dict(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from odc_mini import checkpoint, load_run
+from odc_mini import load_run, runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -148,15 +148,15 @@ def test_torchrun_interrupted_then_resumed_is_bit_identical(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        path = out / checkpoint.FILE_NAME
-        if path.is_file() and checkpoint.read(path, mmap=True)["epoch"] >= 1:
+        path = out / runfolder.CHECKPOINT
+        if path.is_file() and runfolder.read_checkpoint(path, mmap=True)["epoch"] >= 1:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0, "the run ended before the signal"
     assert "SIGINT; finishing this step and saving a checkpoint" in err
-    state = checkpoint.read(out / checkpoint.FILE_NAME)
+    state = runfolder.read_checkpoint(out / runfolder.CHECKPOINT)
     assert state["epoch"] >= 1
     resumed = torchrun_cli(*flags, "--out", str(out), "--resume", cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import odc_mini
-from odc_mini import Config, TrainingDiverged, checkpoint, load_run, train
+from odc_mini import Config, TrainingDiverged, load_run, runfolder, train
 from odc_mini import __main__ as cli
 from odc_mini import train as _train_function  # noqa: F401  (the module is shadowed by it)
 from odc_mini.method import Method
 
 import importlib
-train_module = importlib.import_module("odc_mini.train")
+build_module = importlib.import_module("odc_mini.build")
 
 
 def tiny(method="odc", **kw):
@@ -116,14 +116,14 @@ def test_bad_setting_on_the_command_line(flags, message, unchanged, capsys):
 
 
 def test_bad_setting_from_python_before_any_work(monkeypatch):
-    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(build_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
     with pytest.raises(ValueError) as err:
         train(tiny(num_clusters=300, min_cluster=0), progress=False)
     assert str(err.value) == "num_clusters=300 exceeds the 200 training images"
 
 
 def test_subset_larger_than_cifar10_is_refused_before_loading(unchanged, capsys, monkeypatch):
-    monkeypatch.setattr(train_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+    monkeypatch.setattr(build_module, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
     code, err = run_cli(capsys, "train", "--subset", "60000", "--out", str(unchanged / "new"))
     assert (code, err) == (2, "error: subset=60000 is larger than the CIFAR-10 train set (50000 images)")
 
@@ -248,7 +248,7 @@ def test_resume_with_a_different_config_names_the_difference(unchanged, capsys):
 
 
 def test_resume_of_another_version(unchanged, capsys, monkeypatch):
-    monkeypatch.setattr(train_module, "__version__", "9.9.9")
+    monkeypatch.setattr(runfolder, "__version__", "9.9.9")
     code, err = run_cli(capsys, "train", "--out", str(unchanged / "unfinished"), "--resume")
     assert (code, err) == (2, f"error: cannot resume {unchanged / 'unfinished'}: its checkpoint was "
                               f"written by odc_mini {odc_mini.__version__} and this is 9.9.9; resume "
@@ -342,7 +342,7 @@ def test_load_run_truncated_or_foreign_weights(saved, tmp_path):
     assert load_error(run).startswith(f"{run / 'model.pt'} is not a readable torch state dict (")
     torch.save(torch.nn.Linear(3, 2).state_dict(), run / "model.pt")
     cfg = load_run(saved / "done").config
-    expected = sorted(train_module.build_model(cfg, torch.device("cpu")).state_dict())
+    expected = sorted(build_module.build_model(cfg, torch.device("cpu")).state_dict())
     assert load_error(run) == (f"{run / 'model.pt'} does not fit the network of config.json "
                                f"(arch=small_cnn, num_clusters=5): tensors {len(expected)} missing "
                                f"(first: {expected[0]}), 2 unexpected (first: bias)")
@@ -399,7 +399,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(method, tmp_path, 
         "try a new run with a lower learning rate than lr=0.05 (e.g. lr=0.005) or a larger batch "
         "size than 50")
     assert (out / "checkpoint.pt").read_bytes() == kept["bytes"]
-    state = checkpoint.read(out / "checkpoint.pt")
+    state = runfolder.read_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
                                        if v.is_floating_point())
     assert not (out / "config.json").exists()
@@ -427,4 +427,4 @@ def test_diverged_run_on_the_command_line(tmp_path, capsys, monkeypatch):
     assert code == 1
     assert err.startswith("error: training stopped at iteration 1 (epoch 1, step 1 of 4): the loss "
                           "became nan; ")
-    assert checkpoint.read(tmp_path / "run" / "checkpoint.pt")["epoch"] == 0   # the initial clustering
+    assert runfolder.read_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 0   # the initial clustering

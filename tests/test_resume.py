@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from odc_mini import Config, load_run, train
-from odc_mini import checkpoint
+from odc_mini import runfolder
 from odc_mini.history import History
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,12 +78,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(method, uninterrupted, t
     at = ITERS + 4           # in epoch 2, after its 4th step's SGD update, before the memory's
     killed = worker(tiny(method), out, "--signal", "KILL", "--at", str(at))
     assert killed.returncode == -signal.SIGKILL
-    state = checkpoint.read(out / checkpoint.FILE_NAME)
+    state = runfolder.read_checkpoint(out / runfolder.CHECKPOINT)
     assert state["epoch"] == 1 and state["partial"] is None      # the last epoch end survived
     assert not (out / "config.json").exists()
     resumed = worker(tiny(method), out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert not (out / checkpoint.FILE_NAME).exists()             # replaced by the finished run
+    assert not (out / runfolder.CHECKPOINT).exists()             # replaced by the finished run
     assert_same_run(uninterrupted[method], out)
     assert History.load(out / "history.npz").meta["resumed"] == [{"epoch": 1, "step": 0}]
 
@@ -97,7 +97,7 @@ def test_sigint_mid_step_checkpoints_after_the_step_and_resumes_bit_identical(me
     assert stopped.returncode == 130, stopped.stderr
     assert "stopped in epoch 3 of 3, after step 3 of 10" in stopped.stderr
     assert "--resume" in stopped.stderr
-    state = checkpoint.read(out / checkpoint.FILE_NAME)
+    state = runfolder.read_checkpoint(out / runfolder.CHECKPOINT)
     assert state["epoch"] == 2 and state["partial"]["step"] == 3
     assert state["partial"]["rows"].shape == (3, 4)
     resumed = worker(tiny(method), out, "--resume")
@@ -110,7 +110,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted
     killed = worker(tiny("odc"), out, "--kill-in-save", "3")    # 1: initial, 2: epoch 1, 3: epoch 2
     assert killed.returncode == -signal.SIGKILL
     assert len(list(out.glob(".checkpoint.pt.*.tmp"))) == 1     # the half-written file
-    assert checkpoint.read(out / checkpoint.FILE_NAME)["epoch"] == 1
+    assert runfolder.read_checkpoint(out / runfolder.CHECKPOINT)["epoch"] == 1
     resumed = worker(tiny("odc"), out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert not list(out.glob(".*"))
@@ -127,8 +127,8 @@ def test_cli_killed_from_outside_resumes_bit_identical(uninterrupted, tmp_path):
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        path = out / checkpoint.FILE_NAME
-        if path.is_file() and checkpoint.read(path, mmap=True)["epoch"] >= 1:
+        path = out / runfolder.CHECKPOINT
+        if path.is_file() and runfolder.read_checkpoint(path, mmap=True)["epoch"] >= 1:
             break
         time.sleep(0.02)
     proc.kill()
@@ -149,7 +149,7 @@ def test_checkpoint_holds_every_piece_of_state(tmp_path):
 
     def grab(history):
         if history.num_epochs == 1:
-            seen["state"] = checkpoint.read(tmp_path / "run" / checkpoint.FILE_NAME)
+            seen["state"] = runfolder.read_checkpoint(tmp_path / "run" / runfolder.CHECKPOINT)
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         train(tiny("odc"), progress=False, callback=grab, out=tmp_path / "run")

@@ -113,7 +113,7 @@ def test_every_registered_config_is_valid():
     assert group[0] == "golden-odc" and len(group) == len(experiments.GOLDEN_SEEDS)
     configs = [experiments.get(n).config() for n in group]
     assert [c.seed for c in configs] == list(experiments.GOLDEN_SEEDS)
-    assert all(saved.settings(c) == saved.settings(Config(**{**configs[0].to_dict(), "seed": c.seed}))
+    assert all(c.identity() == Config(**{**configs[0].to_dict(), "seed": c.seed}).identity()
                for c in configs)
     assert all(experiments.get(n).pinned for n in group)
     assert experiments.seed_group("quick-odc-k10-m0.5") == ["quick-odc-k10-m0.5"]
@@ -130,7 +130,7 @@ def test_committed_saved_run(name):
     from sklearn.metrics import normalized_mutual_info_score
     run = saved.load(name)
     exp = experiments.get(name)
-    assert saved.settings(run.config) == saved.settings(exp.config())
+    assert run.config.identity() == exp.config().identity()
     for key in ("command", "machine", "odc_mini", "wall_seconds"):
         assert run.provenance[key], key
     h = run.history
@@ -143,6 +143,11 @@ def test_committed_saved_run(name):
         assert np.bincount(h.labels(last), minlength=run.config.num_clusters).tolist() == \
             h.sizes(last).tolist()
     assert 0 <= saved.summary(h)["churn"] <= 1
+
+
+def test_the_index_names_every_saved_run_by_its_key():
+    assert saved.index() == saved.index_of_folders()
+    assert len(saved.index()) == len(saved.names())     # no two saved runs share an identity
 
 
 def test_saved_runs_stay_small():

@@ -1,12 +1,18 @@
-"""The run cache: a run is trained once per config and version, reused after, retrained when stale."""
+"""The run store: the saved runs first, then the cache (a run is trained once per identity and
+version, reused after, retrained when stale), else training."""
 import json
 
 import numpy as np
 import pytest
 
 import odc_mini
-from odc_mini import cache
-from odc_mini.cache import cache_path, cache_status, cached_run
+from odc_mini import store
+from odc_mini.store import cache_path, cache_status
+
+
+def cached_run(config, cache_dir, **kwargs):
+    """A run of this machine (the saved runs skipped), from the cache or trained into it."""
+    return store.get(config, replay=False, cache_dir=cache_dir, **kwargs)
 
 
 def tiny(method="odc", **kw):
@@ -20,7 +26,7 @@ def tiny(method="odc", **kw):
 def forbid_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the cache trained a run it should have loaded")
-    monkeypatch.setattr(cache, "train", fail)
+    monkeypatch.setattr(store, "train", fail)
 
 
 def test_second_call_loads_instead_of_training(tmp_path, monkeypatch):
@@ -42,22 +48,22 @@ def test_where_the_data_lives_is_not_part_of_the_key(tmp_path):
 
 def test_another_version_makes_the_run_stale_and_it_is_retrained(tmp_path, monkeypatch):
     cached_run(tiny(), tmp_path, progress=False)
-    monkeypatch.setattr(cache, "__version__", "999.0")
+    monkeypatch.setattr(store, "__version__", "999.0")
     assert cache_status(tiny(), tmp_path) == "stale"
     calls = []
-    real_train = cache.train
-    monkeypatch.setattr(cache, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    real_train = store.train
+    monkeypatch.setattr(store, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
     cached_run(tiny(), tmp_path, progress=False)
     assert calls == [1]
-    stored = json.loads((cache_path(tiny(), tmp_path) / cache.KEY_FILE).read_text())
+    stored = json.loads((cache_path(tiny(), tmp_path) / store.KEY_FILE).read_text())
     assert stored["version"] == "999.0" and cache_status(tiny(), tmp_path) == "fresh"
 
 
 def test_a_changed_key_file_is_stale(tmp_path):
     cached_run(tiny(), tmp_path, progress=False)
-    key_file = cache_path(tiny(), tmp_path) / cache.KEY_FILE
+    key_file = cache_path(tiny(), tmp_path) / store.KEY_FILE
     key = json.loads(key_file.read_text())
-    key["config"]["lr"] = 123.0
+    key["identity"]["lr"] = 123.0
     key_file.write_text(json.dumps(key))
     assert cache_status(tiny(), tmp_path) == "stale"
     key_file.write_text("{not json")
@@ -97,3 +103,24 @@ def test_callback_sees_every_epoch_as_it_is_recorded(tmp_path):
                callback=lambda h: seen.append((h.num_epochs, h.last("loss"))))
     assert [n for n, _ in seen] == [0, 1, 2, 3]
     assert np.isnan(seen[0][1]) and all(np.isfinite(loss) for _, loss in seen[1:])
+
+
+def test_the_saved_run_of_the_same_identity_comes_first(tmp_path, monkeypatch):
+    from odc_mini import experiments, saved
+    from odc_mini.experiments import Experiment
+    values = tiny().identity()
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", Experiment("tiny", values, "a test run"))
+    trained = cached_run(tiny(), tmp_path / "cache", progress=False)
+    saved.save(trained.history, trained.config, "tiny", tmp_path / "saved", note="here")
+    monkeypatch.setattr(saved, "SAVED_DIR", tmp_path / "saved")
+    forbid_training(monkeypatch)
+    # the saved run, whatever the data folder or device: they are not part of the identity
+    run = store.get(tiny(data_root="/elsewhere", device="auto"), cache_dir=tmp_path / "empty")
+    assert run.name == "tiny" and run.model is None and run.provenance["note"] == "here"
+    np.testing.assert_array_equal(run.history.iteration("loss"), trained.history.iteration("loss"))
+    # replay=False: this machine's run, from its cache, with the network
+    mine = store.get(tiny(), replay=False, cache_dir=tmp_path / "cache")
+    assert mine.name is None and mine.model is not None
+    # another identity is not the saved run: trained (here: refused, training is forbidden)
+    with pytest.raises(AssertionError, match="trained a run"):
+        store.get(tiny(momentum=0.3), cache_dir=tmp_path / "empty")
