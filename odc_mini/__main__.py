@@ -59,41 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m odc_mini", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} "
-                       "(default: $ODC_PROFILE, else quick)")
-        p.add_argument("--out", required=True, help="folder the run(s) are saved in")
-        p.add_argument("--resume", action="store_true",
-                       help="continue the run in --out where it stopped, with its settings")
-        p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-        pinned_flag(p)
-        what = p.add_argument_group("what is trained (a run's identity)")
-        where = p.add_argument_group("where and how it runs")
-        fields = {f.name: f for f in dataclasses.fields(Config)}
-        for name, kind in config_flags().items():
-            meta = fields[name].metadata
-            text = meta["help"].replace("%", "%%")
-            if meta["choices"]:
-                text += f"; one of {', '.join(meta['choices'])}"
-            default = fields[name].default
-            if default is not None and default is not dataclasses.MISSING \
-                    and "default" not in text:
-                text += f" (default: {default})"
-            group = where if meta["runs"] else what
-            flag = "--" + name.replace("_", "-")
-            if kind is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                   help=text)
-            else:
-                group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
-                                   help=text)
-
     train_p = commands.add_parser("train", help="train one method and save its run")
     train_p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: odc)")
-    common(train_p)
+    add_run_flags(train_p)
     compare_p = commands.add_parser("compare", help="train both methods with the same settings "
                                     "and print a summary table")
-    common(compare_p)
+    add_run_flags(compare_p)
     exp_p = commands.add_parser("experiment", help="train a named experiment of the book and "
                                 "save its compact run into odc_mini/saved_runs (see --list)")
     exp_p.add_argument("names", nargs="*", help="experiment names (python -m odc_mini "
@@ -112,6 +83,40 @@ def build_parser() -> argparse.ArgumentParser:
     exp_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     pinned_flag(exp_p)
     return parser
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``train`` and ``compare``: the run's folder, and one flag per Config field,
+    grouped by whether it is part of the run's identity."""
+    p.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} "
+                   "(default: $ODC_PROFILE, else quick)")
+    p.add_argument("--out", required=True, help="folder the run(s) are saved in")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out where it stopped, with its settings")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    pinned_flag(p)
+    groups = {False: p.add_argument_group("what is trained (a run's identity)"),
+              True: p.add_argument_group("where and how it runs")}
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for name, kind in config_flags().items():
+        field = fields[name]
+        flag, group = "--" + name.replace("_", "-"), groups[field.metadata["runs"]]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=_flag_help(field))
+        else:
+            group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=_flag_help(field))
+
+
+def _flag_help(field: dataclasses.Field) -> str:
+    """A Config field's help line, with its accepted values and default (``%`` escaped)."""
+    text = field.metadata["help"].replace("%", "%%")
+    if field.metadata["choices"]:
+        text += f"; one of {', '.join(field.metadata['choices'])}"
+    if field.default not in (None, dataclasses.MISSING) and "default" not in text:
+        text += f" (default: {field.default})"
+    return text
 
 
 def pinned_flag(p: argparse.ArgumentParser) -> None:

@@ -87,45 +87,50 @@ def quick_min_cluster(k: int) -> int:
     return max(1, round(15 * 100 / k))
 
 
-def _registry() -> dict[str, Experiment]:
-    runs: list[Experiment] = []
+def _label(method: str) -> str:
+    return "ODC" if method == "odc" else "DeepCluster"
+
+
+def _quick_grid() -> list[Experiment]:
+    """K at the default momentum for both methods, the momentum at the default K for ODC; the
+    chapters' two runs (K = 100, m = 0.5) with their seeds."""
+    runs = []
     for k in QUICK_KS:
-        # one knob at a time: K at the default momentum, the momentum at the default K
-        for m in (QUICK_MOMENTA if k == 100 else (0.5,)):
-            chapter = k == 100 and m == 0.5
-            runs.extend(_seeds(CHAPTER_SEEDS if chapter else (0,), Experiment(
-                f"quick-odc-k{k}-m{m}",
-                dict(method="odc", profile="quick", num_clusters=k, momentum=m,
-                     min_cluster=quick_min_cluster(k)),
-                f"ODC, quick profile, K = {k}, memory momentum {m}"
-                + (" (chapters 4 and 5)" if chapter else ""),
-                keep_labels="all" if chapter else "ends",
-                keep_snapshots="three" if chapter else "none")))
-        chapter = k == 100
-        runs.extend(_seeds(CHAPTER_SEEDS if chapter else (0,), Experiment(
-            f"quick-deepcluster-k{k}",
-            dict(method="deepcluster", profile="quick", num_clusters=k,
-                 min_cluster=quick_min_cluster(k)),
-            f"DeepCluster, quick profile, K = {k}" + (" (chapters 4 and 5)" if chapter else ""),
-            keep_labels="all" if chapter else "ends",
-            keep_snapshots="three" if chapter else "none")))
-    for method in ("odc", "deepcluster"):
-        runs.append(Experiment(
-            f"cpu50k-{method}",
-            dict(method=method, profile="quick", subset=50_000, epochs=50),
-            f"{'ODC' if method == 'odc' else 'DeepCluster'}, small CNN on all 50,000 images, "
-            "50 epochs (quick-profile settings otherwise)",
-            keep_labels="ends",
-            trained_with=f"python -m odc_mini train --method {method} --profile quick "
-                         f"--subset 50000 --epochs 50 --out runs/cpu50k/{method}"))
-    gpu_command = ("python bench/gpu_run.py --data-root .gpu_data --out OUT/gpu --budget-s 490 "
-                   "--max-epochs 100")
-    for method in ("odc", "deepcluster"):
-        runs.append(Experiment(
-            f"gpu-{method}", dict(method=method, profile="full", eval_interval=10),
-            f"{'ODC' if method == 'odc' else 'DeepCluster'}, full profile (ResNet-18, all of "
-            "CIFAR-10, 100 epochs) on one GPU",
-            keep_labels="ends", trained_with=gpu_command))
+        for method, momenta in (("odc", QUICK_MOMENTA if k == 100 else (0.5,)),
+                                ("deepcluster", (0.5,))):
+            for m in momenta:
+                chapter = k == 100 and m == 0.5
+                name = f"quick-odc-k{k}-m{m}" if method == "odc" else f"quick-deepcluster-k{k}"
+                settings = dict(method=method, profile="quick", num_clusters=k,
+                                min_cluster=quick_min_cluster(k))
+                if method == "odc":
+                    settings["momentum"] = m
+                about = (f"{_label(method)}, quick profile, K = {k}"
+                         + (f", memory momentum {m}" if method == "odc" else "")
+                         + (" (chapters 4 and 5)" if chapter else ""))
+                runs += _seeds(CHAPTER_SEEDS if chapter else (0,), Experiment(
+                    name, settings, about, keep_labels="all" if chapter else "ends",
+                    keep_snapshots="three" if chapter else "none"))
+    return runs
+
+
+def _cpu50k() -> list[Experiment]:
+    return [Experiment(
+        f"cpu50k-{method}", dict(method=method, profile="quick", subset=50_000, epochs=50),
+        f"{_label(method)}, small CNN on all 50,000 images, 50 epochs (quick-profile settings "
+        "otherwise)", keep_labels="ends",
+        trained_with=f"python -m odc_mini train --method {method} --profile quick "
+                     f"--subset 50000 --epochs 50 --out runs/cpu50k/{method}")
+        for method in ("odc", "deepcluster")]
+
+
+def _gpu() -> list[Experiment]:
+    command = ("python bench/gpu_run.py --data-root .gpu_data --out OUT/gpu --budget-s 490 "
+               "--max-epochs 100")
+    runs = [Experiment(
+        f"gpu-{method}", dict(method=method, profile="full", eval_interval=10),
+        f"{_label(method)}, full profile (ResNet-18, all of CIFAR-10, 100 epochs) on one GPU",
+        keep_labels="ends", trained_with=command) for method in ("odc", "deepcluster")]
     runs.append(Experiment(
         "gpu-deepcluster-sobel",
         dict(method="deepcluster", profile="full", sobel=True, epochs=80, eval_interval=10),
@@ -135,11 +140,21 @@ def _registry() -> dict[str, Experiment]:
                      "train(Config(method='deepcluster', profile='full', sobel=True, epochs=80, "
                      "eval_interval=10, data_root='.gpu_data'), progress=False)"
                      ".save('OUT/dcsobel', state=False)\""))
+    return runs
+
+
+def _golden() -> list[Experiment]:
+    runs = []
     for method in ("odc", "deepcluster"):
-        runs.extend(_seeds(GOLDEN_SEEDS, Experiment(
+        runs += _seeds(GOLDEN_SEEDS, Experiment(
             f"golden-{method}", dict(method=method, **GOLDEN),
-            f"{'ODC' if method == 'odc' else 'DeepCluster'}: the short run tests/test_golden.py "
-            "re-runs", keep_labels="ends", pinned=True)))
+            f"{_label(method)}: the short run tests/test_golden.py re-runs", keep_labels="ends",
+            pinned=True))
+    return runs
+
+
+def _ablations() -> list[Experiment]:
+    runs = []
     for key, value in ablation_keys():
         overrides = {} if key is None else {key: value}
         suffix = "base" if key is None else f"{key}-{value}"
@@ -148,6 +163,11 @@ def _registry() -> dict[str, Experiment]:
             dict(method="odc", profile="quick", **{**ABLATION_BASE, **overrides}),
             f"chapter 7: tiny ODC run, {'the base settings' if key is None else f'{key} = {value}'}",
             keep_labels="ends"))
+    return runs
+
+
+def _registry() -> dict[str, Experiment]:
+    runs = _quick_grid() + _cpu50k() + _gpu() + _golden() + _ablations()
     return {run.name: run for run in runs}
 
 
