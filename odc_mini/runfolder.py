@@ -13,7 +13,8 @@ run needs to continue exactly where it stopped (network, optimiser, the method's
 random-number generator, the history so far, the config and the package version; an epoch
 stopped part-way with its sample order and the steps already taken). It is written after the
 initial clustering, at every epoch end and when the run is interrupted, and removed once the
-finished run is saved.
+finished run is saved. A resumed run ends bit for bit where the run left alone would have ended,
+on the same kernel path (``kernels.py`` says what is deterministic where).
 
 Writing is atomic: a temporary file in the same folder, flushed to disk, then renamed over the
 old one, so a crash (even SIGKILL) leaves either the old or the new checkpoint, never a half of
