@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from . import distributed
-from .kmeans import kmeans, l2_normalize, pca_whiten
+from .kmeans import cluster, l2_normalize, pca_whiten
 from .method import Method
 
 
@@ -77,7 +77,7 @@ class DeepCluster(Method):
         """Steps 1-4 above."""
         z = self.embed().neck
         x = l2_normalize(pca_whiten(z, self.cfg.pca_dim))
-        _, labels = kmeans(x, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters,
+        _, labels = cluster(x, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters,
                            seed=self.cfg.seed + epoch)
         distributed.broadcast_(labels)   # several ranks: all take rank 0's clustering
         if self.matched_labels[0] >= 0:

@@ -15,14 +15,15 @@ bit, and a few epochs of training grow that bit into points of accuracy. So:
 with or without AVX-512: torch's AVX2 kernels, MKL's ``COMPATIBLE`` code branch in its
 reproducible mode (fixed cache sizes, static scheduling, no approximate-reciprocal
 instructions), oneDNN off (its block sizes follow the cache sizes; torch's own convolution then
-runs on MKL) and exactly two threads. The variables act only when set before torch loads, so a
+runs on MKL), FAISS's AVX2 kernels with its OpenBLAS on its Haswell (AVX2) code, and exactly
+two threads. The variables act only when set before torch loads, so a
 pinned run is a new process: :func:`pinned_command`, or ``--pinned-kernels`` on the command
 line. It is about three times slower than the machine's own path.
 
 Whether two machines really share the pinned path is measured, not assumed: :func:`fingerprint`
 hashes a fixed set of operations of the kinds a run is made of (convolutions, matrix products,
-batch norm, the loss and SGD, vector maths, reductions, an eigendecomposition) on fixed
-inputs. It calls torch only, never odc_mini's code, so a changed fingerprint
+batch norm, the loss and SGD, vector maths, reductions, an eigendecomposition, FAISS's k-means)
+on fixed inputs. It calls torch and FAISS only, never odc_mini's code, so a changed fingerprint
 means other kernels, never other code. The golden runs (``tests/test_golden.py``) record theirs.
 """
 from __future__ import annotations
@@ -41,10 +42,12 @@ PINNED_ENV = {
     "OMP_NUM_THREADS": "2",
     "MKL_NUM_THREADS": "2",
     "OPENBLAS_NUM_THREADS": "1",        # numpy/scipy's BLAS, should any step reach it
+    "FAISS_SIMD_LEVEL": "AVX2",         # FAISS (k-means on the CPU): its AVX2 kernels ...
+    "OPENBLAS_CORETYPE": "Haswell",     # ... and its OpenBLAS's AVX2 ones, on every processor
 }
 # Variables that would steer the libraries elsewhere; removed from a pinned process.
 _CLEARED = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-            "MKL_DEBUG_CPU_TYPE", "OPENBLAS_CORETYPE", "KMP_AFFINITY", "OMP_PROC_BIND")
+            "MKL_DEBUG_CPU_TYPE", "FAISS_OPT_LEVEL", "KMP_AFFINITY", "OMP_PROC_BIND")
 PINNED_THREADS = 2
 PINNED_CAPABILITY = "AVX2"
 MARKER = "ODC_MINI_PINNED_KERNELS"      # set in a pinned process (and its children)
@@ -168,6 +171,12 @@ def fingerprint() -> str:
         labels = (feats @ cents.T).argmax(1)
         add(labels, torch.zeros(12, 32).index_add_(0, labels, feats),
             torch.bincount(labels, minlength=12))
+        # FAISS's k-means, which clusters on the CPU (its own SIMD kernels and BLAS)
+        import faiss
+        points = torch.randn(3000, 40).numpy()
+        km = faiss.Kmeans(40, 25, niter=10, seed=3, max_points_per_centroid=10**7)
+        km.train(points)
+        add(torch.from_numpy(km.centroids), torch.from_numpy(km.index.search(points, 1)[1]))
     return digest.hexdigest()[:16]
 
 

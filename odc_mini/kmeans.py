@@ -1,23 +1,24 @@
-"""K-means and PCA whitening in plain PyTorch (CPU or GPU).
+"""K-means and PCA whitening: the readable torch version, and FAISS where speed matters.
 
-DeepCluster re-clusters the whole training set every epoch, and ODC
-initialises its centroids with one k-means run, so we need a k-means that
+DeepCluster re-clusters the whole training set every epoch, and ODC initialises its centroids
+with one k-means run. Both call :func:`cluster`, which takes
 
-* runs on the same device as the features (no round trip to NumPy/FAISS),
-* keeps memory bounded for large problems (N = 1M points, K = 1000 clusters),
-* never returns empty clusters when it can avoid it (an empty cluster is a
-  pseudo-label no image carries, which wastes a classifier output).
+* **FAISS** on the CPU: the library the reference code (and DeepCluster's) clusters with,
+  several times faster there than any k-means written in torch (``bench/kmeans_vs_faiss.py``),
+  with the reference's settings (random initial centroids drawn from the seed, no subsampling,
+  exact L2 search, large clusters split to refill empty ones);
+* :func:`kmeans`, written here in torch, on a GPU, where the features already are.
 
-The implementation is the textbook Lloyd algorithm:
+:func:`kmeans` is the textbook Lloyd algorithm the book reads:
 
 1. assignment: every point goes to its nearest centroid (squared L2);
-2. update: every centroid moves to the mean of its points (the per-cluster
-   sums are kept in float64 and updated with just the points that changed
-   cluster, a few percent after the first iterations);
+2. update: every centroid moves to the mean of its points (the per-cluster sums are kept in
+   float64 and updated with just the points that changed cluster, a few percent after the
+   first iterations);
 
-with k-means++ seeding and FAISS-style splitting of large clusters to refill
-empty ones. ``pca_whiten`` reproduces the preprocessing DeepCluster applies
-before k-means (FAISS ``PCAMatrix`` with ``eigen_power=-0.5``).
+with k-means++ seeding and FAISS-style splitting of large clusters to refill empty ones.
+``pca_whiten`` reproduces the preprocessing DeepCluster applies before k-means (FAISS
+``PCAMatrix`` with ``eigen_power=-0.5``).
 
 Shapes: N points, D feature dimensions, K clusters.
 """
@@ -28,6 +29,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "cluster",
+    "faiss_kmeans",
     "kmeans",
     "nearest_centroid",
     "inertia",
@@ -40,9 +43,7 @@ __all__ = [
 # On a GPU, big blocks amortise kernel-launch overhead and 2**26 floats
 # (256 MiB) bounds the peak memory: with N = 1M, K = 1000 that is 67k rows
 # per block.  On a CPU the block is written by the matmul and read back by
-# the reductions, which is much faster while it stays in cache: 2**20 floats
-# (4 MiB) measured ~1.3x faster than one 200 MB block for 50k x 1000, and
-# best (or within noise of it) among 2**18 ... 2**22 for K = 10, 100, 1000.
+# the reduction, which is faster while it stays in cache (4 MiB).
 _MAX_BLOCK_ELEMS_GPU = 2**26
 _MAX_BLOCK_ELEMS_CPU = 2**20
 
@@ -131,80 +132,21 @@ def _assign(x: Tensor, centroids: Tensor, labels: Tensor, best: Tensor | None = 
     """Write ``argmin_k (||c_k||^2 - 2 x_i.c_k)`` into ``labels`` (N,) int64.
 
     That is the nearest centroid (||x_i||^2 does not depend on k); ties go to
-    the lowest index.  If ``best`` (N,) is given it receives the minimum.
-    The heavy part is one matrix multiplication per block of rows.
-
-    On a GPU each (rows, K) block of scores is reduced with ``min``.  On a
-    CPU, torch's ``argmin`` / ``min`` along a dimension run a scalar loop
-    (about 1e9 entries/s on two cores here, a third of a Lloyd iteration for
-    K = 1000), whereas ``amin`` is vectorised and several times faster.  So
-    each block is reduced as
-
-        best = amin over k;   e = (scores == best), a 0/1 matrix;
-        index = e @ [0, 1, ..., K-1]    (a matrix-vector product)
-
-    which is the index of the minimum wherever the minimum is unique
-    (exactly: float32 holds integers below 2**24).  If ``e`` holds more ones
-    than rows, the rows with exact ties take the first 1 of their row.  The
-    result is that of ``argmin`` on the same scores, in about a third of the
-    time.  Scores are finite because ``x`` and the centroids are.
+    the lowest index, as ``min`` breaks them.  If ``best`` (N,) is given it
+    receives the minimum.  The heavy part is one matrix multiplication per
+    block of rows.
     """
     n, k = x.shape[0], centroids.shape[0]
     c_sq = (centroids * centroids).sum(dim=1)  # (K,)
-    if x.device.type != "cpu":
-        rows = _rows_per_block(k, x.device)
-        c_t = centroids.t()  # (D, K) view; addmm handles the transpose without a copy
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            block = torch.addmm(c_sq, x[start:stop], c_t, beta=1.0, alpha=-2.0)
-            mins, idx = block.min(dim=1)
-            labels[start:stop] = idx
-            if best is not None:
-                best[start:stop] = mins
-        return
-
-    # Pad K to a multiple of 8 with dummy centroids that are never nearest
-    # (zero vector, score +inf): MKL's sgemm is up to 1.5x faster at such
-    # widths (K = 10 -> 16, 100 -> 104) and the extra columns cost little.
-    kp = -(-k // 8) * 8
-    c_pad = centroids.new_zeros(kp, centroids.shape[1])
-    c_pad[:k] = centroids
-    c_sq_pad = c_sq.new_full((kp,), float("inf"))
-    c_sq_pad[:k] = c_sq
-    c_t = c_pad.t()  # (D, Kp) view; addmm handles the transpose without a copy
-    rows = min(_rows_per_block(kp, x.device), n)
-    # Buffers reused by every block: fresh ones would cost an allocation
-    # (and page faults) per block.
-    scores_buf = torch.empty(rows * kp, dtype=x.dtype)
-    mins_buf = torch.empty(rows, dtype=x.dtype)
-    index_buf = torch.empty(rows, dtype=x.dtype)
-    column = torch.arange(kp, dtype=x.dtype)  # 0, 1, ..., Kp-1
-    # amin along rows of 16 or 24 entries is 3-5x slower per entry than along
-    # 32 or more here, so such blocks are first folded to 8 columns with
-    # elementwise minima (about twice as fast overall).
-    fold_buf = torch.empty(rows * 8, dtype=x.dtype) if 8 < kp < 32 else None
+    rows = _rows_per_block(k, x.device)
+    c_t = centroids.t()  # (D, K) view; addmm handles the transpose without a copy
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        m = stop - start
-        scores = scores_buf[: m * kp].view(m, kp)
-        torch.addmm(c_sq_pad, x[start:stop], c_t, beta=1.0, alpha=-2.0, out=scores)
-        mins = mins_buf[:m].view(m, 1)
-        if fold_buf is None:
-            torch.amin(scores, dim=1, keepdim=True, out=mins)
-        else:
-            folded = fold_buf[: m * 8].view(m, 8)
-            torch.minimum(scores[:, :8], scores[:, 8:16], out=folded)
-            for j in range(16, kp, 8):
-                torch.minimum(folded, scores[:, j : j + 8], out=folded)
-            torch.amin(folded, dim=1, keepdim=True, out=mins)
+        block = torch.addmm(c_sq, x[start:stop], c_t, beta=1.0, alpha=-2.0)  # (rows, K)
+        mins, idx = block.min(dim=1)
+        labels[start:stop] = idx
         if best is not None:
-            best[start:stop] = mins_buf[:m]
-        is_min = torch.eq(scores, mins, out=scores)  # in place: 1.0 at the minima
-        torch.mv(is_min, column, out=index_buf[:m])
-        labels[start:stop] = index_buf[:m]
-        if float(is_min.sum()) > m:  # rare: some row has several exact minima
-            ties = torch.nonzero(is_min.sum(dim=1) > 1.5).flatten()
-            labels[start + ties] = is_min[ties].argmax(dim=1)  # its first 1.0
+            best[start:stop] = mins
 
 
 # --------------------------------------------------------------------------
@@ -450,6 +392,38 @@ def kmeans(
         labels, prev_labels = prev_labels, labels
     _assign(x, centroids, labels)
     return (centroids, labels, n_iter) if return_n_iter else (centroids, labels)
+
+
+def cluster(x: Tensor, k: int, n_iter: int = 20, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """k-means as the methods run it: :func:`faiss_kmeans` when ``x`` is on the CPU,
+    :func:`kmeans` (torch) on a GPU. Returns (K, D) float32 centroids and (N,) int64 labels
+    (the nearest centroid of every point) on x's device."""
+    if x.device.type == "cpu":
+        return faiss_kmeans(x, k, n_iter=n_iter, seed=seed)
+    return kmeans(x, k, n_iter=n_iter, seed=seed)
+
+
+def faiss_kmeans(x: Tensor, k: int, n_iter: int = 20, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """FAISS's k-means with the reference code's settings: ``n_iter`` Lloyd iterations from k
+    points drawn with ``seed``, every point used (no subsampling), exact L2 search, empty
+    clusters refilled by splitting large ones. Returns (K, D) float32 centroids and (N,) int64
+    labels on x's device."""
+    _check_points(x)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must satisfy 1 <= k <= N, got k={k}, N={n}")
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("odc_mini clusters on the CPU with FAISS: pip install faiss-cpu") from None
+    points = x.detach().float().cpu().contiguous().numpy()
+    km = faiss.Kmeans(d, k, niter=n_iter, seed=seed, verbose=False,
+                      max_points_per_centroid=10**7,   # the reference: never subsample
+                      min_points_per_centroid=1)       # (only silences a warning)
+    km.train(points)
+    _, nearest = km.index.search(points, 1)
+    return (torch.from_numpy(km.centroids).to(x.device),
+            torch.from_numpy(nearest[:, 0]).long().to(x.device))
 
 
 def inertia(x: Tensor, centroids: Tensor, labels: Tensor) -> float:

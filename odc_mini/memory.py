@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .kmeans import kmeans
+from .kmeans import cluster
 
 _EPS = 1e-10  # the reference code's guard in every L2 normalisation
 
@@ -281,12 +281,13 @@ class ODCMemory:
         """Boolean mask (M,) of the members that form the second part of a 2-way split.
 
         The reference runs sklearn KMeans(2, random_state=0, max_iter=20) on the CPU; we run the
-        package's own torch k-means with the same budget so the split stays on the device.
+        package's k-means (``kmeans.cluster``: FAISS on the CPU, torch on a GPU, where the
+        memory lives) with the same budget.
         If one side comes out empty, fall back to a random split in halves (reference rule).
         """
         if not torch.isfinite(feats).all():
             raise FloatingPointError("memory features contain NaN or inf; cannot split a cluster")
-        _, part = kmeans(feats, 2, n_iter=20, seed=0)
+        _, part = cluster(feats, 2, n_iter=20, seed=0)
         second = part == 1
         n_second = int(second.sum())
         if n_second == 0 or n_second == feats.shape[0]:

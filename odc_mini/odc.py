@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .kmeans import kmeans
+from .kmeans import cluster
 from .memory import ODCMemory
 from .method import Method
 
@@ -38,7 +38,7 @@ class ODC(Method):
         self.progress = progress
         z = self.embed().neck
         z = z / (z.norm(dim=1, keepdim=True) + 1e-10)
-        _, labels = kmeans(z, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters, seed=self.cfg.seed)
+        _, labels = cluster(z, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters, seed=self.cfg.seed)
         self.memory.init_memory(z, distributed.broadcast_(labels))   # rank 0's clustering
         # The reference asserts that no cluster is empty here; small data or a large K can break
         # that, so we repair instead (spec §6 [R]).
