@@ -12,9 +12,7 @@ with one k-means run. Both call :func:`cluster`, which takes
 :func:`kmeans` is the textbook Lloyd algorithm the book reads:
 
 1. assignment: every point goes to its nearest centroid (squared L2);
-2. update: every centroid moves to the mean of its points (the per-cluster sums are kept in
-   float64 and updated with just the points that changed cluster, a few percent after the
-   first iterations);
+2. update: every centroid moves to the mean of its points (summed in float64);
 
 with k-means++ seeding and FAISS-style splitting of large clusters to refill empty ones.
 ``pca_whiten`` reproduces the preprocessing DeepCluster applies before k-means (FAISS
@@ -53,12 +51,6 @@ _MAX_BLOCK_ELEMS_CPU = 2**20
 # centroid stay distinguishable after the ||x||^2 - 2 x.c + ||c||^2
 # expansion in float32, and small enough not to move the centroid noticeably.
 _SPLIT_EPS = 1.0 / 1024.0
-
-# The update step recomputes the cluster sums from scratch when more than
-# 1/_FULL_SUMS_ABOVE of the points changed cluster, and otherwise moves only
-# those points (``_move_points``), which costs about twice as much per point
-# (measured on CPU: 16k of 50k points moved in 2 ms, all summed in 3.4 ms).
-_FULL_SUMS_ABOVE = 3
 
 
 # --------------------------------------------------------------------------
@@ -237,37 +229,17 @@ def _split_clusters(centroids: Tensor, counts: Tensor, gen: torch.Generator) -> 
 
 
 def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> Tensor:
-    """(K, D) float64 sums of the points of every cluster, from scratch.
+    """(K, D) float64 sums of the points of every cluster.
 
     ``index_add_`` sums the rows of each cluster in O(N D); a one-hot (K, N)
     matrix times ``x`` would cost O(N K D), as much as the assignment step.
     It runs in x's dtype (float32: a float64 copy of x would double the
-    memory); the result is widened to float64 for ``_move_points``.  (On
+    memory) and the result is widened to float64 for the division.  (On
     CUDA, ``index_add_`` uses atomic float adds, so the last bits can differ
     from run to run.)
     """
     sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
     return sums.index_add_(0, labels, x).double()
-
-
-def _move_points(
-    sums: Tensor, x: Tensor, moved: Tensor, new_labels: Tensor, old_labels: Tensor
-) -> None:
-    """Update the (K, D) float64 cluster sums in place for the points ``moved``.
-
-    Each moved point i leaves cluster ``old_labels[i]`` and joins
-    ``new_labels[i]``.  After the first few Lloyd iterations only a few
-    percent of the points change cluster, so this costs a small fraction of
-    ``_cluster_sums``.  The change is summed in x's dtype (its rounding is
-    relative to the moved points only) and added to the float64 sums, so the
-    sums stay as accurate as sums recomputed from scratch in float32.
-    """
-    moving = x.index_select(0, moved)  # (M, D)
-    delta = torch.zeros(sums.shape, dtype=x.dtype, device=x.device)
-    delta.index_add_(0, new_labels.index_select(0, moved), moving)
-    # index_add_ with alpha=-1 takes a much slower path than negating first.
-    delta.index_add_(0, old_labels.index_select(0, moved), moving.neg_())
-    sums.add_(delta)
 
 
 def _centroids_from_sums(
@@ -367,27 +339,17 @@ def kmeans(
         raise ValueError(f"init must be 'kmeans++' or 'random', got init={init!r}")
 
     # Two label buffers, swapped every iteration: the assignment w.r.t. the
-    # current centroids and the previous one, for the convergence test and
-    # for updating the cluster sums incrementally.
+    # current centroids and the previous one, for the convergence test.
     labels = torch.empty(n, dtype=torch.long, device=x.device)
-    prev_labels = torch.empty_like(labels)
-    sums: Tensor | None = None  # (K, D) float64 cluster sums under prev_labels
+    prev_labels = torch.full_like(labels, -1)
     prev_had_empty = False
     for it in range(n_iter):
         _assign(x, centroids, labels)
-        if sums is None:
-            sums = _cluster_sums(x, labels, k)
-        else:
-            moved = torch.nonzero(labels != prev_labels).flatten()
-            if moved.numel() == 0 and not prev_had_empty:
-                # Converged: the centroids are already the means of these
-                # exact clusters (no split happened), so further iterations
-                # change nothing.
-                return (centroids, labels, it + 1) if return_n_iter else (centroids, labels)
-            if moved.numel() > n // _FULL_SUMS_ABOVE:
-                sums = _cluster_sums(x, labels, k)
-            elif moved.numel():
-                _move_points(sums, x, moved, labels, prev_labels)
+        if torch.equal(labels, prev_labels) and not prev_had_empty:
+            # Converged: the centroids are already the means of these exact
+            # clusters (no split happened), so further iterations change nothing.
+            return (centroids, labels, it + 1) if return_n_iter else (centroids, labels)
+        sums = _cluster_sums(x, labels, k)
         centroids, prev_had_empty = _centroids_from_sums(sums, labels, k, gen)
         labels, prev_labels = prev_labels, labels
     _assign(x, centroids, labels)
