@@ -9,7 +9,8 @@ and ``method.train_step`` (ODC updates its memories there) differ. Per-iteration
 the device until the end of the epoch, so a GPU never waits for the host in the hot loop.
 
 With ``out``, the run is checkpointed after the initial clustering, at every epoch end and on
-Ctrl-C (after the current step), and ``resume=True`` continues it bit for bit (``checkpoint.py``).
+Ctrl-C (after the current step), and ``resume=True`` continues it bit for bit on the same kernel
+path (``checkpoint.py``; ``kernels.py`` says what is deterministic where).
 A loss or feature that stops being finite ends the run with a ``TrainingDiverged`` error naming
 the iteration; the last checkpoint, from before it, is left as it was.
 """
