@@ -8,9 +8,11 @@ The loop is the same for both methods; only ``method.epoch_indices`` (DeepCluste
 and ``method.train_step`` (ODC updates its memories there) differ. Per-iteration numbers stay on
 the device until the end of the epoch, so a GPU never waits for the host in the hot loop.
 
-What is not the loop lives elsewhere: the start state in ``build.py``, the run folder
-(checks, checkpoints, resume, the finished run) in ``runfolder.py``, and how a run stops early
-(signals, divergence) in ``stops.py``.
+With ``out``, the run is checkpointed after the initial clustering, at every epoch end and on
+Ctrl-C (after the current step), and ``resume=True`` continues it bit for bit on the same kernel
+path (``kernels.py`` says what is deterministic where). What is not the loop lives elsewhere:
+the start state in ``build.py``, the run folder (checks, checkpoints, resume, the finished run)
+in ``runfolder.py``, and how a run stops early (signals, divergence) in ``stops.py``.
 """
 from __future__ import annotations
 

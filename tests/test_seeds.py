@@ -91,3 +91,34 @@ def test_bad_inputs_are_one_line_errors():
         seeds.spread({**runs, 9: short})
     with pytest.raises(ValueError, match="the run has 1 epochs and the seed runs 3"):
         seeds.locate(short, seeds.spread(runs))
+
+
+def test_held_out_z_and_the_tail_allowance():
+    """Each seed held out in turn: the largest |z| among the others is computed by hand here;
+    a spread holding one 'event' seed widens that metric's band to TAIL_MARGIN times it, so a
+    run like the event is within seed noise, and other metrics keep the normal band."""
+    rng = np.random.default_rng(5)
+    runs = noisy_runs(9, rng)
+    event = history({"knn_top1": [0.30, 0.33, 0.15, 0.36],       # a drop at epoch 2
+                     "loss": [np.nan, 2.9, 2.8, 2.7]})
+    runs[9] = event
+    spread = seeds.spread(runs)
+    values = np.stack([runs[s].epoch("knn_top1") for s in range(10)])
+    by_hand = 0.0
+    for i in range(10):
+        others = np.delete(values, i, axis=0)
+        z = np.abs(values[i] - others.mean(0)) / others.std(0, ddof=1)
+        by_hand = max(by_hand, z.max())
+    assert spread.held_out_z("knn_top1") == pytest.approx(by_hand)
+    assert by_hand > 5                                      # the event stands out
+    like_the_event = history({"knn_top1": [0.30, 0.33, 0.16, 0.36],
+                              "loss": [np.nan, 2.9, 2.8, 2.7]})
+    positions = {p.metric: p for p in seeds.locate(like_the_event, spread)}
+    normal = seeds.multiplier(10, sum(len(p.epochs) for p in positions.values()))
+    assert positions["knn_top1"].multiplier == pytest.approx(seeds.TAIL_MARGIN * by_hand)
+    assert positions["knn_top1"].within
+    assert positions["loss"].multiplier == pytest.approx(max(normal, seeds.TAIL_MARGIN *
+                                                             spread.held_out_z("loss")))
+    # without the event in the spread, the same run is outside: the allowance comes from the data
+    calm = seeds.spread({s: runs[s] for s in range(9)})
+    assert not {p.metric: p for p in seeds.locate(like_the_event, calm)}["knn_top1"].within
