@@ -14,7 +14,8 @@ asks for the config of an experiment replays its saved run instead of training.
   15 at K = 1000 would ask for 15,000 images in clusters of at least 15, more than there are).
   The two K = 100, m = 0.5 runs are the chapters' own quick runs.
 * ``cpu50k-*``: the quick profile's network and settings on all 50,000 images for 50 epochs, a
-  background run of about an hour per method on a 2-core CPU.
+  background run of about an hour per method on a 2-core CPU (checkpointed: an interrupted run
+  continues where it stopped when the command is run again).
 * ``gpu-*``: the full profile (ResNet-18, all of CIFAR-10) on one GPU, by ``bench/gpu_run.py``.
 * ``golden-*``: short quick-profile runs that ``tests/test_golden.py`` re-runs on every CI
   build: bit for bit on the pinned kernel path (:mod:`odc_mini.kernels`), which they are
@@ -118,9 +119,7 @@ def _cpu50k() -> list[Experiment]:
     return [Experiment(
         f"cpu50k-{method}", dict(method=method, profile="quick", subset=50_000, epochs=50),
         f"{_label(method)}, small CNN on all 50,000 images, 50 epochs (quick-profile settings "
-        "otherwise)", keep_labels="ends",
-        trained_with=f"python -m odc_mini train --method {method} --profile quick "
-                     f"--subset 50000 --epochs 50 --out runs/cpu50k/{method}")
+        "otherwise)", keep_labels="ends")
         for method in ("odc", "deepcluster")]
 
 
