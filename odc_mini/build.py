@@ -96,6 +96,6 @@ def build(config: Config, device: torch.device | str | None = None, *,
     }
     if recalibrate and cfg.recalibrate_bn:
         # before the baseline's evaluation too: the random network at its best
-        recalibrate_batchnorm(model, train_set.images, cfg.eval_batch_size)
+        recalibrate_batchnorm(model, train_set.images, cfg.eval_batch_size, cfg.precision)
     method = METHOD_CLASSES[cfg.method](model, train_set.images, cfg, generators["sampler"])
     return Start(cfg, device, train_set, test_set, model, method, generators)

@@ -26,6 +26,7 @@ ARCHS = ("small_cnn", "resnet18")
 DATASETS = ("cifar10", "synthetic")
 PROFILES = ("quick", "full")
 SAMPLERS = ("replacement", "permutation")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PROFILE_ENV = "ODC_PROFILE"
 CIFAR10_TRAIN = 50_000        # images in CIFAR-10's train split
 SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no subset is given
@@ -145,6 +146,10 @@ class Config:
     download: bool = setting(False, "download CIFAR-10 with torchvision if it is missing",
                              runs=True)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", runs=True)
+    precision: str = setting("auto", "float precision of the forward passes: auto is bf16 on GPUs "
+                                     "with bf16 tensor cores, fp16 with a gradient scaler on "
+                                     "older ones (Colab's T4), fp32 on the CPU",
+                             runs=True, choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the training forward pass (CUDA only)",
                             runs=True)
 
@@ -168,6 +173,7 @@ class Config:
         one_of("arch", self.arch, ARCHS)
         one_of("dataset", self.dataset, DATASETS)
         one_of("sampler", self.sampler, SAMPLERS)
+        one_of("precision", self.precision, PRECISIONS)
         if not isinstance(self.momentum, (int, float)) or not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum={self.momentum!r} is outside [0, 1]")
         for name in ("epochs", "batch_size", "kmeans_iters", "centroid_interval", "deal_interval",

@@ -30,16 +30,30 @@ class Embedding:
     neck: torch.Tensor      # (N, D): what clustering uses
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on the CPU (bf16 matmuls are slow on most CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``"auto"`` stands for on ``device``: bf16 on a GPU with bf16 tensor cores
+    (compute capability 8.0 and newer), fp16 on an older one (Colab's free T4 is 7.5: it would
+    emulate bf16 slowly), fp32 on the CPU (its bf16 matmuls are slow on most processors). Any
+    other value is kept as asked."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The forward pass's autocast for ``precision`` on ``device`` (nothing for fp32)."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                 progress: bool = False, desc: str = "extract") -> Embedding:
+                 progress: bool = False, desc: str = "extract",
+                 precision: str = "auto") -> Embedding:
     """Run ``model.embed`` over uint8 images (N, 3, H, W) in eval mode; float32 outputs on the
     images' device. The model's train/eval mode is restored afterwards."""
     was_training = model.training
@@ -48,7 +62,7 @@ def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
     starts = range(0, images.shape[0], batch_size)
     for s in tqdm(starts, desc=desc, leave=False, disable=not progress):
         x = normalize(images[s:s + batch_size]).contiguous(memory_format=torch.channels_last)
-        with autocast(images.device):
+        with autocast(images.device, precision):
             h, z = model.embed(x)
         backbone.append(h.float())
         neck.append(z.float())
@@ -57,7 +71,8 @@ def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> None:
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
+                          precision: str = "auto") -> None:
     """Set every BN layer's running statistics to the exact averages over ``images``.
 
     A fresh network's running statistics are mean 0 and variance 1, so its eval-mode features
@@ -75,7 +90,7 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
         m.momentum = None           # cumulative moving average: the exact mean over batches
     for s in range(0, images.shape[0], batch_size):
         x = normalize(images[s:s + batch_size]).contiguous(memory_format=torch.channels_last)
-        with autocast(images.device):
+        with autocast(images.device, precision):
             model.embed(x)
     for m, (momentum, _) in zip(norms, saved):
         m.momentum = momentum
@@ -104,6 +119,9 @@ class Method:
         self.device = images.device
         self.generator = generator      # CPU generator: sampler and k-means seeds
         self.optimizer = build_optimizer(model, cfg.lr, cfg.sgd_momentum, cfg.weight_decay)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        # fp16 needs a loss scale so that small gradients do not underflow (bf16 and fp32 do not)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.iteration = 0              # global iteration counter, across epochs
         self.clusters_handled = 0       # small/empty clusters repaired since the last epoch end
         self.progress = False           # progress bars for whole-dataset feature extraction
@@ -143,7 +161,8 @@ class Method:
             # Several ranks: each extracts its shard, then all gather the whole.
             n = self.num_samples
             part = embed_images(self.model, self.images[distributed.shard(n)],
-                                self.cfg.eval_batch_size, self.progress, desc=f"{self.name}: extract")
+                                self.cfg.eval_batch_size, self.progress, desc=f"{self.name}: extract",
+                                precision=self.precision)
             features = Embedding(distributed.gather_rows(part.backbone, n),
                                  distributed.gather_rows(part.neck, n))
             if not bool(torch.isfinite(features.neck).all()):   # one check per extraction
@@ -164,15 +183,20 @@ class Method:
         else:
             loss = nn.functional.cross_entropy(logits.float(), target, weight=weight)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:   # fp16: scaled backward; a step whose gradients overflowed is skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         acc = (logits.detach().argmax(dim=1) == target).float().mean()
         # "finite": read by the loop (every step on the CPU, once per epoch on a GPU), which
         # stops a diverged run; a tensor, so that nothing here waits for the device.
         return {"loss": loss.detach(), "acc": acc, "finite": torch.isfinite(loss.detach())}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             return self._forward_model(x)
 
     # The interface the loop drives; subclasses fill it in.
@@ -195,10 +219,13 @@ class Method:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
-                "clusters_handled": self.clusters_handled}
+                "clusters_handled": self.clusters_handled,
+                "scaler": None if self.scaler is None else self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = state["iteration"]
         self._embedding = None
         self.clusters_handled = state["clusters_handled"]
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])

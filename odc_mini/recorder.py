@@ -39,7 +39,8 @@ class Recorder:
         cfg, out = self.cfg, {}
         t0 = time.perf_counter()
         train_emb = self.method.embed()   # shared with the method's next clustering
-        test_emb = embed_images(self.method.model, self.test_set.images, cfg.eval_batch_size)
+        test_emb = embed_images(self.method.model, self.test_set.images, cfg.eval_batch_size,
+                                precision=self.method.precision)
         out["knn_top1"] = knn_accuracy(train_emb.backbone, self.train_set.labels, test_emb.backbone,
                                        self.test_set.labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
         if cfg.linear_probe and (epoch == 0 or final):

@@ -99,6 +99,7 @@ class _Training:
             self.method.compile()
         self.history = History({"config": cfg.to_dict(), "version": __version__,
                                 "device": str(self.device), **kernels.machine(self.device),
+                                "precision": self.method.precision,
                                 "processes": distributed.world_size(),
                                 "classes": list(self.train_set.classes)})
         self.writes = out is not None and distributed.is_main()   # rank 0 alone writes
