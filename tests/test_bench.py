@@ -63,8 +63,9 @@ def test_augment_throughput_table():
     ours = re.search(r"batched, cpu\s+([\d,]+)\s+([\d.]+)x", out)
     assert pil and ours, out
     ratio = float(ours.group(2))
+    # the ratio is printed with one decimal and the rates rounded to whole images/s
     assert ratio == pytest.approx(float(ours.group(1).replace(",", "")) / float(pil.group(1).replace(",", "")),
-                                  rel=0.05)
+                                  rel=0.05, abs=0.06)
 
 
 def test_gpu_script_tiny_on_cpu(tmp_path):
