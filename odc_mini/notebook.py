@@ -1,10 +1,11 @@
 """What every chapter of the book needs before its first real cell: where it runs, where the data
-is, which profile and device to use, and a way to put computed numbers into the prose.
+is, which profile and device to use, and a way to put computed numbers into the text.
 
     from odc_mini import notebook as nbk
     env = nbk.setup()                    # prints one line: profile, device, data, run cache
     cfg = env.config("odc")              # the chapter's Config, profile and data filled in
-    nbk.glue("knn", 0.414, "{:.1%}")     # the prose says {glue:text}`knn`
+    nbk.glue("knn", 0.414, "{:.1%}")     # records "41.4%" under "knn"
+    nbk.prose("kNN accuracy: {{knn}}.")  # Markdown, numbers filled in (renders everywhere)
 
 The profile comes from ``$ODC_PROFILE`` (default ``quick``); set it before ``setup()``, or pass
 ``profile=``. In Colab, CIFAR-10 is downloaded through torchvision on first use; elsewhere it is read
@@ -13,6 +14,7 @@ from the nearest ``data/cifar10.npz`` (``$ODC_DATA``, then ``./data`` and the fo
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,36 +89,32 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
     return env
 
 
-def glue(name: str, value, fmt: str | None = None):
-    """Make ``value`` available to the prose as ``{glue:text}`name```; returns ``value``.
+# The numbers a chapter has computed, formatted, by name: what its prose refers to.
+VALUES: dict[str, str] = {}
 
-    With ``fmt`` (e.g. ``"{:.1%}"``) the formatted string is glued, so the page shows exactly that.
-    Outside a Jupyter Book build (Colab, JupyterLab without myst-nb) the value is printed instead,
-    so the reader still sees every number the prose refers to.
-    """
-    shown = _Text(fmt.format(value)) if fmt else value
-    try:
-        from myst_nb import glue as myst_glue
-    except ImportError:
-        print(f"{name} = {shown}")
-    else:
-        myst_glue(name, shown, display=False)
+
+def glue(name: str, value, fmt: str | None = None):
+    """Record ``value`` under ``name`` for the chapter's text, formatted with ``fmt`` (e.g.
+    ``"{:.1%}"``) if given; :func:`prose` fills ``{{name}}`` with it. Returns ``value``."""
+    VALUES[name] = fmt.format(value) if fmt else str(value)
     return value
 
 
-class _Text:
-    """A pre-formatted number for ``{glue:text}``. myst-nb reads a glued text/plain value back
-    with ``ast.literal_eval``, which would turn "10,000" into the tuple (10, 0) and "0.120" into
-    0.12; the quoted repr survives as the exact string."""
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
-    def __init__(self, text: str):
-        self.text = text
 
-    def __repr__(self) -> str:
-        return repr(self.text)
+def prose(text: str):
+    """The chapter's ``text`` (Markdown) with every ``{{name}}`` replaced by the value
+    :func:`glue` recorded, displayed as Markdown. A code cell's Markdown output renders in the
+    built book, JupyterLab and Colab alike, so the numbers read right wherever the chapter is
+    opened; the cells that call this hide their input. A name not glued yet is one error line."""
+    from IPython.display import Markdown
 
-    def __str__(self) -> str:
-        return self.text
+    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(VALUES))
+    if missing:
+        raise KeyError(f"the text refers to {', '.join(missing)}, which no cell above has glued "
+                       "(nbk.glue(name, value, fmt))")
+    return Markdown(_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], text.strip("\n")))
 
 
 def show_source(obj, lines: tuple[int, int] | None = None):

@@ -214,8 +214,12 @@ def test_page_has_no_error_output(built_book, page):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_page_has_no_unrendered_glue(built_book, page):
-    assert "{glue" not in prose_text(article(page_html(built_book, page)))
+def test_page_has_no_unrendered_markup(built_book, page):
+    """No MyST role, directive or unfilled nbk.prose placeholder shows as typed; and the text
+    that code cells display is rendered (math typeset by MathJax, not left as $...$)."""
+    text = prose_text(article(page_html(built_book, page)))
+    for raw in ("{glue", "{cite}", "```{", "{{"):
+        assert raw not in text, f"{page} shows {raw!r} as typed"
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -8,6 +8,7 @@ alone: ``jupyter nbconvert --to notebook --execute book/03_online.ipynb --output
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -34,3 +35,36 @@ def test_first_code_cell_installs_on_colab(path):
     code = [cell.source for cell in read(path).cells if cell.cell_type == "code"]
     assert code and "google.colab" in code[0], \
         f"{path.name}: the first code cell should install odc_mini when run in Colab"
+
+
+# What a plain Markdown renderer (JupyterLab, Colab) would show as typed: MyST roles such as
+# {glue:text}`x` or {cite}`key`, directive fences such as ```{admonition}, colon fences (:::),
+# and a {{name}} placeholder of nbk.prose left unfilled.
+RAW_MYST = re.compile(r"\{[a-z][a-z:-]*\}`|```\{|^:::|\{\{\w+\}\}", re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_markdown_reads_right_without_the_book_build(path):
+    """Markdown cells hold no MyST-only syntax; text with computed numbers is a code cell that
+    displays Markdown (nbk.prose), hidden as code in the book, JupyterLab and Colab."""
+    cells = read(path).cells
+    raw = [(i, RAW_MYST.search(c.source).group(0)) for i, c in enumerate(cells)
+           if c.cell_type == "markdown" and RAW_MYST.search(c.source)]
+    assert not raw, f"{path.name}: markdown cells show MyST syntax as typed: {raw}"
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and "nbk.prose(" in cell.source:
+            assert "remove-input" in cell.metadata.get("tags", []), (path.name, i)
+            assert cell.metadata.get("jupyter", {}).get("source_hidden"), (path.name, i)
+            assert cell.metadata.get("cellView") == "form" and cell.source.startswith("#@title")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_exercise_answers_are_hidden_until_asked(path):
+    """Solution code is collapsed in the book (hide-input), JupyterLab and Colab; written
+    answers sit in <details> blocks, closed until the reader opens them."""
+    for i, cell in enumerate(read(path).cells):
+        if cell.cell_type == "code" and cell.source.startswith("#@title Solution"):
+            assert "hide-input" in cell.metadata.get("tags", []), (path.name, i)
+            assert cell.metadata.get("jupyter", {}).get("source_hidden"), (path.name, i)
+        if cell.cell_type == "markdown" and "<details" in cell.source:
+            assert "<details open" not in cell.source, (path.name, i)
