@@ -7,7 +7,8 @@ chapter draws the same figure while a run trains and when it replays a saved run
   :func:`dashboard_figure` (the six panels the book compares methods with);
 * widgets: :class:`LiveDashboard` (redrawn after every epoch while training), :func:`replay`
   and :func:`scrubber` (an epoch slider);
-* embeddings: :func:`embed_2d` (UMAP or PCA, one reducer for every epoch), :func:`embedding_scrubber`;
+* embeddings: :func:`aligned_embeddings` (UMAP or PCA: one map per run, every epoch placed in
+  it), :func:`migration_scrubber` (which images change cluster, both runs in lock-step);
 * labels over time: :func:`label_changes`, :func:`plot_label_changes`;
 * images: :func:`image_grid`, :func:`cluster_gallery`;
 * seed noise: :func:`seed_spread_figure` (a run against the spread of other seeds' runs).
@@ -297,47 +298,39 @@ class LiveDashboard:
 
 
 # ---------------------------------------------------------------------------------- embeddings
-def embed_2d(features: Sequence[np.ndarray], method: str = "umap", seed: int = 0,
-             n_neighbors: int = 15, min_dist: float = 0.1, n_epochs: int = 200) -> list[np.ndarray]:
-    """2-D coordinates for several feature sets of the same images (e.g. one per epoch), from
-    **one** reducer fitted once on all of them together, so that a point's position means the
-    same thing in every frame and movement between frames is movement of the features.
+def aligned_embeddings(history: History, reference: int | None = None, method: str = "umap",
+                       seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                       n_epochs: int = 200) -> dict[int, np.ndarray]:
+    """{epoch: (S, 2)}: every feature snapshot of a run placed in **one** 2-D map, fitted on the
+    snapshot at ``reference`` (default: the last, where the features have the most structure);
+    the other snapshots are put into that map by the fitted reducer (UMAP's ``transform``; for
+    PCA, the same projection). An image keeps its place unless its feature moved, so stepping
+    through the epochs shows images migrating between regions of the trained network's map.
 
-    ``method``: ``"umap"`` (umap-learn; its first call in a process spends ~20-30 s compiling)
-    or ``"pca"`` (instant, linear).
+    ``method``: ``"umap"`` (umap-learn, cosine metric; its first call in a process spends
+    ~20-30 s compiling) or ``"pca"`` (instant, linear).
     """
     if method not in ("umap", "pca"):
         raise ValueError(f"unknown embedding method {method!r}; accepted: umap, pca")
-    sizes = [len(f) for f in features]
-    stacked = np.concatenate([np.asarray(f, dtype=np.float32) for f in features])
+    epochs = history.snapshot_epochs
+    if not epochs:
+        raise ValueError("this run kept no feature snapshots")
+    reference = epochs[-1] if reference is None else reference
+    if reference not in epochs:
+        raise ValueError(f"no snapshot at epoch {reference}; snapshots: {epochs}")
+    features = {e: np.asarray(history.snapshot(e)[0], dtype=np.float32) for e in epochs}
     if method == "pca":
         from sklearn.decomposition import PCA
-        coords = PCA(2, random_state=seed).fit_transform(stacked)
+        reducer = PCA(2, random_state=seed).fit(features[reference])
+        fitted = reducer.transform(features[reference])
     else:
         import umap
         # n_jobs=1: a fixed random_state makes UMAP single-threaded anyway (it warns otherwise)
-        coords = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
-                           metric="cosine", random_state=seed, n_jobs=1).fit_transform(stacked)
-    return np.split(coords.astype(np.float32), np.cumsum(sizes)[:-1])
-
-
-def snapshot_embeddings(history: History, method: str = "umap", seed: int = 0,
-                        **options) -> dict[int, np.ndarray]:
-    """{epoch: (S, 2)} for every feature snapshot of a run, via :func:`embed_2d` (``options``:
-    its ``n_neighbors``, ``min_dist``, ``n_epochs``)."""
-    epochs = history.snapshot_epochs
-    coords = embed_2d([history.snapshot(e)[0] for e in epochs], method=method, seed=seed, **options)
-    return dict(zip(epochs, coords))
-
-
-def _scatter(ax, xy, colors, cmap, vmax, title, lims):
-    ax.scatter(xy[:, 0], xy[:, 1], c=colors, cmap=cmap, vmin=0, vmax=vmax, s=3, lw=0, rasterized=True)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(*lims[0])
-    ax.set_ylim(*lims[1])
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
+        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
+                            metric="cosine", random_state=seed, n_jobs=1).fit(features[reference])
+        fitted = reducer.embedding_
+    return {e: np.asarray(fitted if e == reference else reducer.transform(features[e]),
+                          dtype=np.float32) for e in epochs}
 
 
 def _limits(coords: Sequence[np.ndarray]):
@@ -347,44 +340,56 @@ def _limits(coords: Sequence[np.ndarray]):
     return (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1])
 
 
-def embedding_figure(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]], epoch: int):
-    """One row per run: the snapshot images at ``epoch`` coloured by pseudo-label (left) and by
-    true class (right)."""
+def migration_figure(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]], epoch: int,
+                     previous: int | None = None):
+    """One panel per run, side by side at the same ``epoch``: the snapshot images in their run's
+    aligned map (:func:`aligned_embeddings`), coloured by pseudo-label. With ``previous``, the
+    images whose cluster changed since that snapshot are drawn large, with a grey trail from
+    where they were; those that kept their cluster are small and pale."""
     hs = _as_dict(histories)
-    fig, axes = plt.subplots(len(hs), 2, figsize=(9, 4.3 * len(hs)), squeeze=False)
-    class_cmap = plt.get_cmap("tab10")
-    for row, (name, h) in enumerate(hs.items()):
+    fig, axes = plt.subplots(1, len(hs), figsize=(4.4 * len(hs), 4.6), squeeze=False)
+    for ax, (name, h) in zip(axes[0], hs.items()):
         coords = embeddings[name]
-        lims = _limits(list(coords.values()))
         xy = coords[epoch]
         _, labels = h.snapshot(epoch)
         k = h.meta.get("config", {}).get("num_clusters", int(labels.max()) + 1)
-        # ids scrambled so neighbouring ids get unrelated colours
-        if labels.min() < 0:   # DeepCluster before its first clustering
-            _scatter(axes[row, 0], xy, np.zeros(len(xy)), "Greys", 2.0,
-                     f"{_label(name)}: no clustering yet", lims)
+        lims = _limits(list(coords.values()))
+        if labels.min() < 0:     # DeepCluster before its first clustering: no labels yet
+            ax.scatter(xy[:, 0], xy[:, 1], s=4, lw=0, color="0.6", rasterized=True)
+            title = f"{_label(name)}: no clustering yet"
         else:
-            scramble = np.random.default_rng(0).permutation(max(k, int(labels.max()) + 1))
-            _scatter(axes[row, 0], xy, scramble[labels], "gist_ncar", k,
-                     f"{_label(name)}: pseudo-labels (K={k})", lims)
-        _scatter(axes[row, 1], xy, h.arrays["snapshot_targets"], class_cmap, 9.5,
-                 f"{_label(name)}: true classes", lims)
-    classes = next(iter(hs.values())).meta.get("classes", [])
-    if classes:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=class_cmap(i), label=c)
-                   for i, c in enumerate(classes)]
-        fig.legend(handles=handles, loc="center left", fontsize=8, frameon=False,
-                   bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(f"epoch {epoch}", fontsize=12)
+            colors = np.random.default_rng(0).permutation(max(k, int(labels.max()) + 1))[labels]
+            moved = np.zeros(len(labels), bool)
+            if previous is not None:
+                _, before = h.snapshot(previous)
+                moved = (before != labels) & (before >= 0)
+                start = coords[previous][moved]
+                ax.plot(np.stack([start[:, 0], xy[moved, 0]]), np.stack([start[:, 1], xy[moved, 1]]),
+                        color="0.75", lw=0.5, zorder=1, rasterized=True)
+            ax.scatter(xy[~moved, 0], xy[~moved, 1], c=colors[~moved], cmap="gist_ncar", vmin=0,
+                       vmax=k, s=3, lw=0, alpha=0.35, zorder=2, rasterized=True)
+            ax.scatter(xy[moved, 0], xy[moved, 1], c=colors[moved], cmap="gist_ncar", vmin=0,
+                       vmax=k, s=14, lw=0.4, edgecolors="k", zorder=3, rasterized=True)
+            title = f"{_label(name)}, epoch {epoch}"
+            if previous is not None and (before >= 0).any():
+                title += f"\n{moved.mean():.0%} changed cluster since epoch {previous}"
+        ax.set_title(title)
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
     fig.tight_layout()
     return fig
 
 
-def embedding_scrubber(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]]):
-    """:func:`embedding_figure` at every snapshot epoch the runs share, runs in lock-step."""
+def migration_scrubber(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]]):
+    """:func:`migration_figure` at every snapshot epoch the runs share (each against the one
+    before), the runs in lock-step, behind an epoch slider."""
     hs = _as_dict(histories)
     epochs = sorted(set.intersection(*(set(embeddings[n]) for n in hs)))
-    frames = [figure_png(embedding_figure(hs, embeddings, e)) for e in epochs]
+    frames = [figure_png(migration_figure(hs, embeddings, e, epochs[i - 1] if i else None))
+              for i, e in enumerate(epochs)]
     return scrubber(frames, epochs)
 
 

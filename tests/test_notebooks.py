@@ -68,3 +68,19 @@ def test_exercise_answers_are_hidden_until_asked(path):
             assert cell.metadata.get("jupyter", {}).get("source_hidden"), (path.name, i)
         if cell.cell_type == "markdown" and "<details" in cell.source:
             assert "<details open" not in cell.source, (path.name, i)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_colab_badge_and_install_cell_point_at_the_configured_repository(path):
+    """book/_config.yml's repository.url is the one place it is set (book/sync_repository.py
+    writes it into the chapters)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sync_repository", BOOK / "sync_repository.py")
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    url, _ = sync.repository()
+    cells = read(path).cells
+    badges = re.findall(r"\((https://colab\.research\.google\.com/github/[^)]*)\)", cells[0].source)
+    assert badges == [sync.badge_url(path.name)], f"{path.name}: run python book/sync_repository.py"
+    install = [c.source for c in cells if c.cell_type == "code"][0]
+    assert f'REPOSITORY = "{url}"' in install and 'f"odc_mini @ git+{REPOSITORY}"' in install

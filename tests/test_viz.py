@@ -58,15 +58,35 @@ def test_label_changes_skip_epochs_without_labels():
     assert viz.label_changes(h).shape[1] == 2
 
 
-def test_pca_embedding_is_one_reducer_for_all_epochs():
-    rng = np.random.default_rng(1)
-    parts = [rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 2.0]
-    got = viz.embed_2d(parts, method="pca")
-    whole = PCA(2, random_state=0).fit_transform(np.concatenate(parts).astype(np.float32))
-    np.testing.assert_allclose(np.concatenate(got), whole, rtol=1e-4, atol=1e-4)
-    assert [g.shape for g in got] == [(30, 2), (30, 2)]
+def test_aligned_pca_embedding_is_the_reference_epochs_map():
+    """The map is fitted on the reference snapshot; other epochs go through the same
+    projection, so an image whose feature did not move keeps its place."""
+    h = fake_history(epochs=3)
+    same = h.arrays["snapshot_features/3"].copy()
+    h.arrays["snapshot_features/1"][:5] = same[:5]            # five images did not move
+    got = viz.aligned_embeddings(h, method="pca")
+    assert sorted(got) == [0, 1, 2, 3] and all(v.shape == (20, 2) for v in got.values())
+    ref = PCA(2, random_state=0).fit(same.astype(np.float32))
+    np.testing.assert_allclose(got[3], ref.transform(same.astype(np.float32)), atol=1e-5)
+    np.testing.assert_allclose(got[1][:5], got[3][:5], atol=1e-5)
+    assert not np.allclose(got[1][5:], got[3][5:])
+    at_one = viz.aligned_embeddings(h, reference=1, method="pca")
+    assert not np.allclose(at_one[3], got[3])
     with pytest.raises(ValueError, match="unknown embedding method 'tsne'; accepted: umap, pca"):
-        viz.embed_2d(parts, method="tsne")
+        viz.aligned_embeddings(h, method="tsne")
+    with pytest.raises(ValueError, match="no snapshot at epoch 7"):
+        viz.aligned_embeddings(h, reference=7, method="pca")
+
+
+def test_migration_figure_says_how_many_images_changed_cluster():
+    runs = {"ODC": fake_history(epochs=3), "DeepCluster": fake_history("deepcluster", epochs=3, seed=1)}
+    embeddings = {name: viz.aligned_embeddings(h, method="pca") for name, h in runs.items()}
+    fig = viz.migration_figure(runs, embeddings, 2, previous=1)
+    for ax, (name, h) in zip(fig.axes, runs.items()):
+        before, after = h.snapshot(1)[1], h.snapshot(2)[1]
+        assert f"{(before != after).mean():.0%} changed cluster since epoch 1" in ax.get_title()
+    box = viz.migration_scrubber(runs, embeddings)
+    assert list(box.children[0].children[1].options) == ["0", "1", "2", "3"]
 
 
 def test_scrubber_links_slider_play_and_frames_in_the_browser():
@@ -109,17 +129,15 @@ def test_live_dashboard_redraws_on_every_callback():
     assert first[:4] == b"\x89PNG" and dash.widget.value != first
 
 
-def test_glue_prints_outside_a_book_build(monkeypatch, capsys):
-    import builtins
-    real_import = builtins.__import__
-
-    def no_myst(name, *args, **kwargs):
-        if name == "myst_nb":
-            raise ImportError
-        return real_import(name, *args, **kwargs)
-    monkeypatch.setattr(builtins, "__import__", no_myst)
+def test_prose_fills_in_the_glued_numbers_as_formatted():
+    notebook.VALUES.clear()
     assert notebook.glue("acc", 0.4137, "{:.1%}") == 0.4137
-    assert capsys.readouterr().out.strip() == "acc = 41.4%"
+    notebook.glue("n", 10000, "{:,}")
+    notebook.glue("x", 0.12, "{:.3f}")
+    text = notebook.prose("kNN {{acc}} on {{n}} images, NMI {{x}}; $\\mathcal{N}(0, 1)$ stays.").data
+    assert text == "kNN 41.4% on 10,000 images, NMI 0.120; $\\mathcal{N}(0, 1)$ stays."
+    with pytest.raises(KeyError, match="the text refers to later, which no cell above has glued"):
+        notebook.prose("a {{acc}} and a {{later}}")
 
 
 def test_find_data_root_walks_up_to_the_project_data(tmp_path, monkeypatch):
@@ -130,17 +148,6 @@ def test_find_data_root_walks_up_to_the_project_data(tmp_path, monkeypatch):
     assert notebook.find_data_root(tmp_path / "book") == tmp_path / "data"
     monkeypatch.setenv("ODC_DATA", "/somewhere")
     assert str(notebook.find_data_root(tmp_path / "book")) == "/somewhere"
-
-
-def test_glued_text_survives_myst_nbs_literal_eval():
-    """myst-nb turns a glued text/plain value back into a Python value with ast.literal_eval;
-    the formatted text must come back unchanged (not "(10, 0)" for "10,000", not 0.12 for 0.120)."""
-    import ast
-
-    from IPython.core.formatters import PlainTextFormatter
-    for value, fmt, shown in ((10000, "{:,}", "10,000"), (0.12, "{:.3f}", "0.120"), (0.4137, "{:.1%}", "41.4%")):
-        text = PlainTextFormatter()(notebook._Text(fmt.format(value)))
-        assert ast.literal_eval(text) == shown
 
 
 def test_label_change_columns_name_the_epoch_they_end_at():
