@@ -59,9 +59,23 @@ class Environment:
         return Config(method=method, **values).validate()
 
     def describe(self) -> str:
-        data = self.data_root or ("downloaded with torchvision" if self.download else "not found")
+        """One line; folders relative to the working folder, or to ``~``, so that a published
+        page does not show the machine's own paths."""
+        data = _short(self.data_root) if self.data_root else (
+            "downloaded with torchvision" if self.download else "not found")
         return (f"profile {self.profile} · device {self.device} · data {data} · "
-                f"run cache {self.cache_dir}")
+                f"run cache {_short(self.cache_dir)}")
+
+
+def _short(path) -> str:
+    """``path`` relative to the working folder when it is inside the project around it, else
+    with the home folder written as ``~``."""
+    path, here = Path(path).resolve(), Path.cwd().resolve()
+    for base in (here, here.parent):
+        if path.is_relative_to(base):
+            return os.path.relpath(path, here)
+    home = Path.home().resolve()
+    return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 
 def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Environment:
@@ -93,11 +107,11 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
 VALUES: dict[str, str] = {}
 
 
-def glue(name: str, value, fmt: str | None = None):
+def glue(name: str, value, fmt: str | None = None) -> None:
     """Record ``value`` under ``name`` for the chapter's text, formatted with ``fmt`` (e.g.
-    ``"{:.1%}"``) if given; :func:`prose` fills ``{{name}}`` with it. Returns ``value``."""
+    ``"{:.1%}"``) if given; :func:`prose` fills ``{{name}}`` with it. Returns nothing, so a
+    cell that ends with it shows no stray output."""
     VALUES[name] = fmt.format(value) if fmt else str(value)
-    return value
 
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -117,18 +131,32 @@ def prose(text: str):
     return Markdown(_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], text.strip("\n")))
 
 
-def show_source(obj, lines: tuple[int, int] | None = None):
+def show_source(obj, start: str | None = None, end: str | None = None):
     """Display the package's own source of ``obj`` (a function, class or method), highlighted,
-    so the book explains the code that runs rather than a re-typed copy of it. ``lines`` keeps
-    only that 1-based, inclusive range of the source's lines."""
+    so the book explains the code that runs rather than a re-typed copy of it. ``start`` and
+    ``end``, if given, keep only the lines from the first one containing ``start`` to the first
+    one after it containing ``end`` (inclusive): anchors in the code, not line numbers, so an
+    excerpt cannot drift when the code above it changes. An anchor not found is an error."""
     import inspect
     import textwrap
 
     from IPython.display import Code
 
     source = textwrap.dedent(inspect.getsource(obj))
-    if lines is not None:
-        source = "\n".join(source.splitlines()[lines[0] - 1:lines[1]])
+    lines = source.splitlines()
+    first, last = 0, len(lines) - 1
+    if start is not None:
+        found = [i for i, line in enumerate(lines) if start in line]
+        if not found:
+            raise ValueError(f"{start!r} is not in the source of {obj.__qualname__}")
+        first = found[0]
+    if end is not None:
+        found = [i for i, line in enumerate(lines) if end in line and i >= first]
+        if not found:
+            raise ValueError(f"{end!r} is not in the source of {obj.__qualname__} after {start!r}")
+        last = found[0]
+    if start is not None or end is not None:
+        source = textwrap.dedent("\n".join(lines[first:last + 1]))
     return Code(source, language="python")
 
 

@@ -131,13 +131,28 @@ def test_live_dashboard_redraws_on_every_callback():
 
 def test_prose_fills_in_the_glued_numbers_as_formatted():
     notebook.VALUES.clear()
-    assert notebook.glue("acc", 0.4137, "{:.1%}") == 0.4137
+    assert notebook.glue("acc", 0.4137, "{:.1%}") is None     # no stray output in a cell
     notebook.glue("n", 10000, "{:,}")
     notebook.glue("x", 0.12, "{:.3f}")
     text = notebook.prose("kNN {{acc}} on {{n}} images, NMI {{x}}; $\\mathcal{N}(0, 1)$ stays.").data
     assert text == "kNN 41.4% on 10,000 images, NMI 0.120; $\\mathcal{N}(0, 1)$ stays."
     with pytest.raises(KeyError, match="the text refers to later, which no cell above has glued"):
         notebook.prose("a {{acc}} and a {{later}}")
+
+
+def test_setup_shows_no_absolute_paths_of_the_machine(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "book").mkdir(parents=True)
+    (project / "data").mkdir()
+    monkeypatch.chdir(project / "book")
+    env = notebook.Environment("quick", "cpu", str(project / "data"), False,
+                               project / "book" / "_build" / "odc_runs")
+    line = env.describe()
+    assert "data ../data" in line and "run cache _build/odc_runs" in line
+    assert str(tmp_path) not in line
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    away = notebook.Environment("quick", "cpu", None, True, tmp_path / "home" / ".cache" / "x")
+    assert away.describe().endswith("run cache ~/.cache/x") and "downloaded" in away.describe()
 
 
 def test_find_data_root_walks_up_to_the_project_data(tmp_path, monkeypatch):
