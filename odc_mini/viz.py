@@ -57,10 +57,25 @@ def _label(name: str) -> str:
     return NAMES.get(name, name)
 
 
+# Written into every PNG the package makes, with the smallest text size in the image's pixels:
+# the book's browser test reads it back and checks the text as the page shows it.
+TEXT_NOTE = "odc_mini smallest text px"
+
+
+def smallest_text_px(fig) -> float:
+    """The size, in pixels of the saved image, of the smallest visible text in ``fig``."""
+    from matplotlib.text import Text
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip()]
+    return min(sizes) * fig.dpi / 72 if sizes else float("inf")
+
+
 def figure_png(fig, close: bool = True) -> bytes:
-    """The figure as PNG bytes (and closed, so notebooks do not also show it)."""
+    """The figure as PNG bytes (and closed, so notebooks do not also show it), noting its
+    smallest text size (:data:`TEXT_NOTE`)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", bbox_inches="tight",
+                metadata={"Description": f"{TEXT_NOTE} {smallest_text_px(fig):.2f}"})
     if close:
         plt.close(fig)
     return buf.getvalue()
@@ -148,7 +163,8 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
     accuracy per epoch; cluster sizes at epoch ``upto``. With ``upto`` the curves stop at that
     epoch but the axes keep the whole run's range, so replayed frames do not jump."""
     hs = _as_dict(histories)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.6))
+    # three rows of two: at the book's page width every label stays legible (>= 9 px)
+    fig, axes = plt.subplots(3, 2, figsize=(10, 10))
     total = max(h.num_epochs for h in hs.values())
     for ax, (key, per_iteration, ylabel, percent) in zip(axes.flat, DASHBOARD_PANELS):
         if per_iteration:
@@ -170,9 +186,9 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
     last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
     plot_cluster_sizes(hs, last, sizes_ax)
     sizes_ax.set_title(f"cluster sizes at epoch {last}", fontsize=10)
-    axes.flat[0].legend(loc="upper right", fontsize=9)
-    axes.flat[4].legend(loc="lower right", fontsize=8)
-    sizes_ax.legend(loc="upper right", fontsize=8)
+    axes.flat[0].legend(loc="upper right", fontsize=10)
+    axes.flat[4].legend(loc="lower right", fontsize=10)
+    sizes_ax.legend(loc="upper right", fontsize=10)
     fig.suptitle(title or (f"epoch {upto}" if upto is not None else "training dynamics"), fontsize=12)
     fig.tight_layout()
     return fig
@@ -193,9 +209,9 @@ def seed_spread_figure(run: History, spread, positions, label: str = "your run",
     """One panel per metric of ``positions`` (:func:`odc_mini.seeds.locate`): the other seeds'
     runs (thin grey), their mean and the band a run must stay in (shaded), and ``run`` (bold, in
     its method's colour); a red ring marks an epoch where ``run`` is outside the band."""
-    cols = 4
-    rows = -(-len(positions) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(13, 3.2 * rows), squeeze=False)
+    cols = 3
+    rows = -(-(len(positions) + 1) // cols)       # a spare panel holds the legend
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.1 * rows), squeeze=False)
     color = COLORS.get(method_of(run), "k")
     for ax, p in zip(axes.flat, positions):
         ylabel, percent = SPREAD_LABELS.get(p.metric, (p.metric, False))
@@ -218,7 +234,7 @@ def seed_spread_figure(run: History, spread, positions, label: str = "your run",
     if spare is not None:
         spare.legend(handles, labels, loc="center", fontsize=10, frameon=False)
     else:
-        axes.flat[0].legend(fontsize=9)
+        axes.flat[0].legend(fontsize=10)
     fig.suptitle(title or f"{label} against {spread.n} other seeds", fontsize=12)
     fig.tight_layout()
     return fig
@@ -416,7 +432,7 @@ def plot_label_changes(histories, sample: int = 400, seed: int = 0, axes=None):
     them to another cluster (dark cells). Same images for every run."""
     hs = _as_dict(histories)
     if axes is None:
-        _, axes = plt.subplots(1, len(hs), figsize=(5 * len(hs), 4), squeeze=False)
+        _, axes = plt.subplots(1, len(hs), figsize=(min(10, 5 * len(hs)), 4), squeeze=False)
         axes = axes[0]
     for ax, (name, h) in zip(axes, hs.items()):
         changes = label_changes(h)
@@ -450,7 +466,7 @@ def image_grid(images, ax=None, nrow: int | None = None, titles: Sequence[str] |
     ax.set_yticks([])
     ax.grid(False)
     if titles is not None:
-        ax.set_title(" · ".join(titles), fontsize=9)
+        ax.set_title(" · ".join(titles), fontsize=10)
     return ax
 
 
@@ -473,7 +489,7 @@ def cluster_gallery(images, labels, clusters: Sequence[int], per_cluster: int = 
             title += f", {counts[top] / len(members):.0%} {name}"
         if len(pick):
             image_grid(np.asarray(images)[pick] if not hasattr(images, "cpu") else images[pick], ax, nrow=1)
-        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
         ax.axis("on")
     fig.tight_layout()
     return fig

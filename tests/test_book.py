@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/browser.py
 from bs4 import BeautifulSoup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,3 +377,113 @@ def test_sliders_switch_frames_without_python(built_book, page):
         assert mid in linked, f"{page}: a frame stack is not linked to a slider"
         children = [c.removeprefix("IPY_MODEL_") for c in stack["state"]["children"]]
         assert children and all(models[c]["model_name"] == "ImageModel" for c in children)
+
+
+# ---------------------------------------------------------------------------------------------
+# As a reader: a browser that moves every slider, presses every play button, and watches for
+# uncaught JavaScript exceptions (tests/browser.py drives Chromium over DevTools)
+# ---------------------------------------------------------------------------------------------
+
+VISIBLE_FRAMES = """(() => Array.from(document.querySelectorAll('.widget-subarea, .jp-OutputArea-output'))
+  .map(area => Array.from(area.querySelectorAll('img'))
+    .filter(img => img.offsetParent !== null && img.getBoundingClientRect().width > 0)
+    .map(img => img.src).join('|'))
+  .filter(s => s).join('||'))()"""
+
+CENTRE = """((selector, i) => { const el = document.querySelectorAll(selector)[i];
+  el.scrollIntoView({block: 'center'}); const r = el.getBoundingClientRect();
+  return [r.left + r.width / 2, r.top + r.height / 2]; })"""
+
+# For every visible figure: the smallest text its PNG notes (viz.TEXT_NOTE, in the image's
+# pixels) times the scale the page shows the image at: the text's size on screen.
+TEXT_ON_SCREEN = """(async () => {
+  const out = [];
+  for (const img of document.querySelectorAll('article img')) {
+    const r = img.getBoundingClientRect();
+    if (!r.width || !img.naturalWidth) continue;
+    const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+    const text = new TextDecoder('latin1').decode(bytes.slice(0, 4096));
+    const m = text.match(/odc_mini smallest text px ([0-9.]+)/);
+    if (m) out.push([parseFloat(m[1]) * r.width / img.naturalWidth, img.naturalWidth, r.width]);
+  }
+  return out; })()"""
+
+
+@pytest.fixture(scope="module")
+def reader(built_book):
+    """Every page opened in a DevTools-driven Chromium: its uncaught exceptions, what moving
+    each slider and pressing each play button did to the frame shown, and the on-screen size of
+    the smallest text of every figure."""
+    import browser
+    if not browser.available():
+        message = f"{browser.CHROMIUM} not found (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = _Server(built_book.html)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    shots = BOOK / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    results = {}
+    try:
+        with browser.Browser() as chrome:
+            for page in PAGES:
+                if not (built_book.html / f"{page}.html").is_file():
+                    continue
+                tab = chrome.page(f"{origin}/{page}.html", settle=6.0)
+                found = {"sliders": [], "plays": []}
+                handles = tab.evaluate("document.querySelectorAll('.noUi-handle').length")
+                for i in range(handles):
+                    before = tab.evaluate(VISIBLE_FRAMES)
+                    tab.evaluate(f"document.querySelectorAll('.noUi-handle')[{i}].focus()")
+                    tab.press("ArrowLeft")
+                    tab.pump(1.5)
+                    found["sliders"].append(before != tab.evaluate(VISIBLE_FRAMES))
+                plays = tab.evaluate("document.querySelectorAll('.widget-play button:first-child').length")
+                for i in range(plays):
+                    before = tab.evaluate(VISIBLE_FRAMES)
+                    x, y = tab.evaluate(f"{CENTRE}('.widget-play button:first-child', {i})")
+                    tab.click(x, y)
+                    tab.pump(2.5)
+                    found["plays"].append(before != tab.evaluate(VISIBLE_FRAMES))
+                found["text_px"] = tab.evaluate(TEXT_ON_SCREEN)
+                found["exceptions"] = list(tab.exceptions)
+                (shots / f"{page}.reader.png").write_bytes(tab.screenshot())
+                tab.close()
+                results[page] = found
+    finally:
+        server.shutdown()
+        server.server_close()
+    return results
+
+
+def reader_page(reader, page):
+    if page not in reader:
+        pytest.fail(f"{page}.html was not built")
+    return reader[page]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_uncaught_javascript_exceptions(reader, page):
+    assert not reader_page(reader, page)["exceptions"], reader_page(reader, page)["exceptions"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_slider_and_play_button_changes_the_frame(reader, page):
+    found = reader_page(reader, page)
+    if not found["sliders"] and not found["plays"]:
+        pytest.skip(f"{page} has no sliders")
+    assert all(found["sliders"]), f"{page}: sliders that did not change the frame: {found['sliders']}"
+    assert all(found["plays"]), f"{page}: play buttons that did not change the frame: {found['plays']}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_figure_text_is_at_least_9_px_on_screen(reader, page):
+    figures = reader_page(reader, page)["text_px"]
+    if not figures:
+        pytest.skip(f"{page} shows no figure")
+    small = [f"{px:.1f} px (image {natural} px wide shown at {shown:.0f})"
+             for px, natural, shown in figures if px < 9]
+    assert not small, f"{page}: figures with text below 9 px on screen: {small}"
