@@ -409,6 +409,12 @@ TEXT_ON_SCREEN = """(async () => {
   return out; })()"""
 
 
+# Widget outputs that take room on the page but show nothing (a closed progress bar)
+BLANK_WIDGETS = """Array.from(document.querySelectorAll('.widget-subarea'))
+  .filter(a => a.getBoundingClientRect().height > 0 && a.firstElementChild
+               && getComputedStyle(a.firstElementChild).visibility === 'hidden').length"""
+
+
 @pytest.fixture(scope="module")
 def reader(built_book):
     """Every page opened in a DevTools-driven Chromium: its uncaught exceptions, what moving
@@ -449,6 +455,7 @@ def reader(built_book):
                     tab.pump(2.5)
                     found["plays"].append(before != tab.evaluate(VISIBLE_FRAMES))
                 found["text_px"] = tab.evaluate(TEXT_ON_SCREEN)
+                found["blank_widgets"] = tab.evaluate(BLANK_WIDGETS)
                 found["exceptions"] = list(tab.exceptions)
                 (shots / f"{page}.reader.png").write_bytes(tab.screenshot())
                 tab.close()
@@ -477,6 +484,11 @@ def test_every_slider_and_play_button_changes_the_frame(reader, page):
         pytest.skip(f"{page} has no sliders")
     assert all(found["sliders"]), f"{page}: sliders that did not change the frame: {found['sliders']}"
     assert all(found["plays"]), f"{page}: play buttons that did not change the frame: {found['plays']}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_blank_bands_from_hidden_widgets(reader, page):
+    assert reader_page(reader, page)["blank_widgets"] == 0
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -11,6 +11,10 @@ Three things that the theme and its extensions put into every page break the wid
    ``<i>``, which stays.
 3. html-manager typesets widget labels through MathJax 2's ``MathJax.Hub.Queue``; the book
    loads MathJax 3, which has no ``Hub``. A small ``Hub.Queue`` hands the work to MathJax 3.
+
+And one that only looks wrong: a progress bar that closed itself while the page was built
+(tqdm's ``leave=False``) is saved hidden but still takes its room, a blank band on the page.
+Such bars are not drawn at all.
 """
 
 FONT_AWESOME = 'window.FontAwesomeConfig = {autoReplaceSvg: "nest"};'
@@ -22,6 +26,11 @@ MATHJAX_HUB = """document.addEventListener("DOMContentLoaded", function () {
     }};
   }
 });"""
+
+
+HIDDEN_BARS = """document.head.insertAdjacentHTML("beforeend", "<style>" +
+  ".widget-subarea:has(> .widget-box[style*='visibility: hidden']) { display: none; }" +
+  "</style>");"""
 
 
 def keep_one_copy_of_each_script(app, pagename, templatename, context, doctree):
@@ -42,5 +51,6 @@ def setup(app):
     # Font Awesome and MathJax scripts and before the widgets render
     app.add_js_file(None, body=FONT_AWESOME, priority=1)
     app.add_js_file(None, body=MATHJAX_HUB, priority=1)
+    app.add_js_file(None, body=HIDDEN_BARS, priority=1)
     app.connect("html-page-context", keep_one_copy_of_each_script)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
