@@ -145,6 +145,16 @@ def prose(text: str):
     return Markdown(_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], text.strip("\n")))
 
 
+def pct(x) -> str:
+    """A fraction as a percentage with one decimal ("41.4%"); a dash for a missing value."""
+    return "–" if x is None or x != x else f"{x:.1%}"
+
+
+def num(x, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; a dash for a missing value."""
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
 def show_source(obj, start: str | None = None, end: str | None = None):
     """Display the package's own source of ``obj`` (a function, class or method), highlighted,
     so the book explains the code that runs rather than a re-typed copy of it. ``start`` and

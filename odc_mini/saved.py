@@ -147,12 +147,17 @@ SUMMARY_KEYS = ("knn_top1", "linear_top1", "nmi_classes", "ari_classes", "nmi_pr
 def summary(history: History) -> dict[str, float]:
     """One run's row of the results tables: the last kNN / linear-probe / NMI / ARI against the
     classes and NMI between the last two epochs' labels; ``churn``, the mean share of a batch
-    whose label changed, over all iterations; ``drift``, the mean centroid drift per epoch;
+    whose label changed, over all iterations; ``drift``, the mean centroid drift per epoch, and
+    ``final_drift`` the last epoch's; ``handled``, the small clusters repaired in the whole run;
+    ``min_size`` and ``max_size``, the smallest and largest cluster at the end;
     ``wall_seconds``, the run's wall time; ``random_*``: the network before training (row 0)."""
     out = {key: history.last(key) for key in ("knn_top1", "linear_top1", "nmi_classes",
-                                               "ari_classes", "nmi_previous", "wall_seconds")}
+                                               "ari_classes", "nmi_previous", "wall_seconds",
+                                               "min_size", "max_size")}
     out["churn"] = float(np.nanmean(history.iteration("change_ratio")))
     out["drift"] = float(np.nanmean(history.epoch("drift")[1:]))
+    out["final_drift"] = history.last("drift")
+    out["handled"] = float(np.nansum(history.epoch("clusters_handled")))
     out["random_knn_top1"] = float(history.epoch("knn_top1")[0])
     out["random_linear_top1"] = float(history.epoch("linear_top1")[0])
     return out

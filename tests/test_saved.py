@@ -80,6 +80,9 @@ def test_summary_matches_a_recomputation(tiny_run):
     assert s["nmi_classes"] == pytest.approx(nmi(h.labels(4), h.arrays["targets"]))
     assert s["nmi_previous"] == pytest.approx(nmi(h.labels(3), h.labels(4)))
     assert s["random_knn_top1"] == h.epoch("knn_top1")[0] and s["knn_top1"] == h.epoch("knn_top1")[4]
+    assert s["final_drift"] == h.epoch("drift")[4]
+    assert s["handled"] == sum(v for v in h.epoch("clusters_handled") if v == v)
+    assert (s["min_size"], s["max_size"]) == (h.sizes(4).min(), h.sizes(4).max())
 
 
 def test_differences_name_every_moved_bit_and_ignore_the_clock(tiny_run):

@@ -140,6 +140,11 @@ def test_prose_fills_in_the_glued_numbers_as_formatted():
         notebook.prose("a {{acc}} and a {{later}}")
 
 
+def test_number_formats():
+    assert notebook.pct(0.4137) == "41.4%" and notebook.pct(float("nan")) == "–"
+    assert notebook.num(0.12) == "0.120" and notebook.num(None) == "–" and notebook.num(2, 1) == "2.0"
+
+
 def test_setup_shows_no_absolute_paths_of_the_machine(tmp_path, monkeypatch):
     project = tmp_path / "project"
     (project / "book").mkdir(parents=True)
