@@ -75,19 +75,27 @@ from odc_mini.data import load_dataset  # noqa: E402
 from odc_mini.method import Method  # noqa: E402
 
 
-def bench_config(device: torch.device, n: int, **overrides) -> tuple[Config, str]:
-    """The budget a device gets (:func:`device_config`) on ``n`` training images: CIFAR-10
-    (stratified) when the local copy exists, else the synthetic gratings (timings do not depend
-    on the pictures, but ODC's small-cluster repairs do, so real images are preferred). Returns
-    the config and the data set's name."""
-    data_root = overrides.pop("data_root", None)
+def bench_data(n: int, seed: int = 0, data_root: str | None = None):
+    """``n`` CIFAR-10 training images (stratified) when the local copy exists, else the synthetic
+    gratings (timings do not depend on the pictures, but ODC's small-cluster repairs do, so real
+    images are preferred). Returns the image set and the data set's name."""
     if data_root is None and not os.environ.get("ODC_DATA"):
         data_root = str(REPO / "data")       # the clone's data folder, wherever the script runs
     try:
-        load_dataset("cifar10", data_root, n, 0, download=False)
-        dataset = "cifar10"
+        train_set, _ = load_dataset("cifar10", data_root, n, seed, download=False)
+        return train_set, "cifar10"
     except (FileNotFoundError, OSError, ValueError):
-        dataset = "synthetic"
+        train_set, _ = load_dataset("synthetic", None, n, seed, download=False)
+        return train_set, "synthetic"
+
+
+def bench_config(device: torch.device, n: int, **overrides) -> tuple[Config, str]:
+    """The budget a device gets (:func:`device_config`) on ``n`` training images of
+    :func:`bench_data`'s data set. Returns the config and the data set's name."""
+    data_root = overrides.pop("data_root", None)
+    if data_root is None and not os.environ.get("ODC_DATA"):
+        data_root = str(REPO / "data")
+    _, dataset = bench_data(n, data_root=data_root)
     return device_config(device, subset=n, dataset=dataset, data_root=data_root,
                          **overrides), dataset
 

@@ -14,7 +14,7 @@ from odc_mini.config import AUGMENT_REFERENCE, RUNTIME_FIELDS
 
 def test_identity_is_every_field_but_where_and_how_it_runs():
     names = {f.name for f in dataclasses.fields(Config)}
-    assert set(RUNTIME_FIELDS) == {"data_root", "download", "device", "compile"}
+    assert set(RUNTIME_FIELDS) == {"data_root", "download", "device", "precision", "compile"}
     cfg = Config(profile="quick")
     assert set(cfg.identity()) == names - set(RUNTIME_FIELDS)
     moved = Config(profile="quick", data_root="/x", download=True, device="cpu")
