@@ -193,3 +193,30 @@ def html_table(header, rows):
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
     return HTML(f"<table style='border-spacing: 0.8em 0.1em'>"
                 f"<thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def results_table(runs: dict, churn_from: int = 1):
+    """The chapters' side-by-side results as a table, one column per run (``{name: History}``):
+    :func:`odc_mini.saved.summary`'s measures of the end of each run, the random-init network
+    for reference, and the mean churn over the epochs from ``churn_from`` on (the same epochs
+    for every run, e.g. those where all of them have a previous label)."""
+    from .saved import summary
+
+    rows = {name: summary(history, churn_from) for name, history in runs.items()}
+    first = next(iter(rows.values()))
+    lines = [
+        (f"kNN top-1 (random init: {pct(first['random_knn_top1'])})", "knn_top1", pct),
+        (f"linear probe top-1 (random init: {pct(first['random_linear_top1'])})",
+         "linear_top1", pct),
+        ("NMI vs classes", "nmi_classes", num),
+        ("ARI vs classes", "ari_classes", num),
+        (f"mean churn per batch (epoch {churn_from} to the end)", "churn", pct),
+        ("images relabelled in the last epoch", "relabelled", pct),
+        ("final NMI(t−1, t)", "nmi_previous", num),
+        ("final centroid drift", "final_drift", num),
+        ("smallest / largest cluster", None, lambda r: f"{r['min_size']:.0f} / {r['max_size']:.0f}"),
+        ("wall time (training + evaluation)", "wall_seconds", lambda s: f"{s / 60:.1f} min"),
+    ]
+    body = [[label] + [fmt(r if key is None else r[key]) for r in rows.values()]
+            for label, key, fmt in lines]
+    return html_table([""] + list(runs), body)

@@ -144,17 +144,20 @@ SUMMARY_KEYS = ("knn_top1", "linear_top1", "nmi_classes", "ari_classes", "nmi_pr
                 "churn", "drift", "wall_seconds")
 
 
-def summary(history: History) -> dict[str, float]:
+def summary(history: History, churn_from: int = 1) -> dict[str, float]:
     """One run's row of the results tables: the last kNN / linear-probe / NMI / ARI against the
     classes and NMI between the last two epochs' labels; ``churn``, the mean share of a batch
-    whose label changed, over all iterations; ``drift``, the mean centroid drift per epoch, and
+    whose label changed, over the iterations of epochs ``churn_from`` to the last (iterations
+    without a previous label, DeepCluster's first epoch, do not count); ``relabelled``, the share
+    of images whose label changed in the last epoch; ``drift``, the mean centroid drift per epoch, and
     ``final_drift`` the last epoch's; ``handled``, the small clusters repaired in the whole run;
     ``min_size`` and ``max_size``, the smallest and largest cluster at the end;
     ``wall_seconds``, the run's wall time; ``random_*``: the network before training (row 0)."""
     out = {key: history.last(key) for key in ("knn_top1", "linear_top1", "nmi_classes",
                                                "ari_classes", "nmi_previous", "wall_seconds",
-                                               "min_size", "max_size")}
-    out["churn"] = float(np.nanmean(history.iteration("change_ratio")))
+                                               "min_size", "max_size", "relabelled")}
+    epoch = np.ceil(history.iteration("epoch") - 1e-9)        # iteration i belongs to epoch 1..E
+    out["churn"] = float(np.nanmean(history.iteration("change_ratio")[epoch >= churn_from]))
     out["drift"] = float(np.nanmean(history.epoch("drift")[1:]))
     out["final_drift"] = history.last("drift")
     out["handled"] = float(np.nansum(history.epoch("clusters_handled")))

@@ -83,6 +83,26 @@ def test_summary_matches_a_recomputation(tiny_run):
     assert s["final_drift"] == h.epoch("drift")[4]
     assert s["handled"] == sum(v for v in h.epoch("clusters_handled") if v == v)
     assert (s["min_size"], s["max_size"]) == (h.sizes(4).min(), h.sizes(4).max())
+    # churn from epoch 3 on: the mean of epochs 3 and 4's per-epoch means
+    assert saved.summary(h, churn_from=3)["churn"] == pytest.approx(
+        np.mean(h.epoch("change_ratio")[3:]), abs=1e-6)
+    assert s["relabelled"] == pytest.approx(np.mean(h.labels(4) != h.labels(3)))
+
+
+def test_results_table_shows_each_runs_numbers(tiny_run):
+    from odc_mini import notebook as nbk
+    h = tiny_run.history
+    other = saved.load("quick-deepcluster-k100").history
+    html = nbk.results_table({"tiny": h, "dc": other}, churn_from=2).data
+    rows = [r for r in html.split("<tr>")[1:]]
+    churn = next(r for r in rows if "mean churn per batch (epoch 2 to the end)" in r)
+    assert f"{np.mean(h.epoch('change_ratio')[2:]):.1%}" in churn
+    assert f"{np.mean(other.epoch('change_ratio')[2:]):.1%}" in churn
+    knn = next(r for r in rows if r.startswith("<td>kNN top-1"))
+    assert f"random init: {h.epoch('knn_top1')[0]:.1%}" in knn
+    assert f"<td>{other.epoch('knn_top1')[-1]:.1%}</td>" in knn
+    sizes = next(r for r in rows if "smallest / largest" in r)
+    assert f"{h.sizes(4).min()} / {h.sizes(4).max()}" in sizes
 
 
 def test_differences_name_every_moved_bit_and_ignore_the_clock(tiny_run):
