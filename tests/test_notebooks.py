@@ -84,3 +84,37 @@ def test_colab_badge_and_install_cell_point_at_the_configured_repository(path):
     assert badges == [sync.badge_url(path.name)], f"{path.name}: run python book/sync_repository.py"
     install = [c.source for c in cells if c.cell_type == "code"][0]
     assert f'REPOSITORY = "{url}"' in install and 'f"odc_mini @ git+{REPOSITORY}"' in install
+
+
+GLUE_CALL = re.compile(r"nbk\.glue\(")
+LITERAL = re.compile(r'(f?)"((?:\w|\{[^}"]*\})+)"')
+
+
+def _names(literal: str, is_f: bool) -> re.Pattern:
+    """A glued name as a pattern: an f-string's {...} parts match any word."""
+    if not is_f:
+        return re.compile(re.escape(literal))
+    return re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\w+", re.escape(literal)))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_refers_only_to_numbers_glued_above_it(path):
+    """A chapter runs top to bottom: every {{name}} of an nbk.prose cell must be glued by a cell
+    above it (or earlier in the same cell). Names are read from the glue cells' string literals
+    (f-strings match any word in their {...} parts), which is generous, but it catches the text
+    that comes before the cell computing its numbers."""
+    glued: list[re.Pattern] = []
+    late = []
+    for i, cell in enumerate(read(path).cells):
+        if cell.cell_type != "code":
+            continue
+        source = cell.source
+        cut = source.find("nbk.prose(")
+        before = source if cut < 0 else source[:cut]
+        if GLUE_CALL.search(before):
+            glued += [_names(name, bool(f)) for f, name in LITERAL.findall(before)]
+        if cut >= 0:
+            for ref in sorted(set(re.findall(r"\{\{(\w+)\}\}", source[cut:]))):
+                if not any(p.fullmatch(ref) for p in glued):
+                    late.append(f"cell {i}: {{{{{ref}}}}}")
+    assert not late, f"{path.name}: text refers to numbers not glued above it: {late}"
