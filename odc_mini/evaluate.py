@@ -28,6 +28,7 @@ __all__ = [
     "hungarian_accuracy",
     "match_centroids",
     "centroid_drift",
+    "label_centroids",
     "knn_accuracy",
     "linear_probe",
 ]
@@ -156,6 +157,24 @@ def centroid_drift(prev: Tensor, cur: Tensor, match: bool) -> float:
     if match:
         cur = cur[match_centroids(prev, cur)]
     return float((cur.double() - prev.double()).norm(dim=1).mean())
+
+
+def label_centroids(features: Tensor, labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor]:
+    """((K, D) mean of the unit-length ``features`` of each cluster, (K,) cluster sizes).
+
+    An empty cluster's centroid is all zeros (its size says it is empty). This is how the book
+    measures drift *alike* for both methods: centroids of the current network's features under
+    each method's current labels, whatever the method keeps internally.
+    """
+    if features.ndim != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(f"features must be (N, D) and labels (N,), got {tuple(features.shape)} "
+                         f"and {tuple(labels.shape)}")
+    unit = features.double() / (features.double().norm(dim=1, keepdim=True) + 1e-10)
+    labels = torch.as_tensor(labels, device=features.device).long()
+    sums = torch.zeros(num_clusters, features.shape[1], dtype=torch.float64,
+                       device=features.device).index_add_(0, labels, unit)
+    counts = torch.bincount(labels, minlength=num_clusters)
+    return sums / counts.clamp(min=1).unsqueeze(1), counts
 
 
 # --------------------------------------------------------------------------

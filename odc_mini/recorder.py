@@ -3,6 +3,15 @@
 The training loop calls ``measure_features`` (kNN, linear probe, feature snapshots) and
 ``measure_clusters`` (NMI/ARI against the classes, sizes, churn and centroid drift against the
 previous epoch) at the end of every epoch and writes what they return into the History.
+
+Two drifts are recorded. ``drift`` is each method's own view: ODC's centroids memory (momentum
+averages of augmented features) and DeepCluster's k-means clusters (features at clustering time).
+``feature_drift`` measures both methods alike: at every evaluation (every ``eval_interval``
+epochs, where the features of all training images are extracted anyway), the centroids of the
+*current* network's features under the method's current labels
+(:func:`~odc_mini.evaluate.label_centroids`), compared with those of the previous evaluation,
+over the clusters that are non-empty at both. It is a drift per evaluation interval, from the
+second evaluation after training starts.
 """
 from __future__ import annotations
 
@@ -13,7 +22,8 @@ import torch
 
 from .config import Config
 from .data import ImageSet, stratified_subset
-from .evaluate import ari, centroid_drift, hungarian_accuracy, knn_accuracy, linear_probe, nmi
+from .evaluate import (ari, centroid_drift, hungarian_accuracy, knn_accuracy, label_centroids,
+                       linear_probe, nmi)
 from .history import History
 from .method import Method, embed_images
 
@@ -33,6 +43,7 @@ class Recorder:
         history.set_array("snapshot_targets", self.targets[self.snapshot_indices.numpy()].astype(np.int16))
         self.previous_labels: np.ndarray | None = None
         self.previous_centroids: torch.Tensor | None = None
+        self.previous_feature_centroids: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def measure_features(self, epoch: int, final: bool) -> dict[str, float]:
         """kNN (and linear probe when asked) on frozen backbone features; feature snapshot."""
@@ -46,15 +57,20 @@ class Recorder:
         if cfg.linear_probe and (epoch == 0 or final):
             out["linear_top1"] = linear_probe(train_emb.backbone, self.train_set.labels,
                                               test_emb.backbone, self.test_set.labels, seed=cfg.seed)
-        if epoch % cfg.snapshot_interval == 0 or final:
+        # A snapshot at epoch 0, at the last epoch, and at the first evaluation at least
+        # ``snapshot_interval`` epochs after the previous one (features exist at evaluations only,
+        # so an interval that is no multiple of ``eval_interval`` still gives snapshots).
+        taken = self.history.snapshot_epochs
+        if epoch == 0 or final or not taken or epoch - taken[-1] >= cfg.snapshot_interval:
             snap = train_emb.neck[self.snapshot_indices.to(train_emb.neck.device)]
             snap = snap / (snap.norm(dim=1, keepdim=True) + 1e-10)
             self.history.set_array(f"snapshot_features/{epoch}", snap.cpu().numpy().astype(np.float16))
         out["eval_seconds"] = time.perf_counter() - t0
         return out
 
-    def measure_clusters(self, epoch: int) -> dict[str, float]:
-        """Cluster quality and stability of the current pseudo-labels."""
+    def measure_clusters(self, epoch: int, evaluated: bool = True) -> dict[str, float]:
+        """Cluster quality and stability of the current pseudo-labels; ``evaluated``: the
+        features were measured this epoch (``feature_drift`` is measured then)."""
         cfg, out = self.cfg, {}
         labels = self.method.pseudo_labels().cpu().numpy().copy()  # never alias the live labels
         if f"snapshot_features/{epoch}" in self.history.arrays:
@@ -73,12 +89,23 @@ class Recorder:
         if cfg.num_clusters == len(self.train_set.classes):
             out["acc_classes"] = hungarian_accuracy(labels, self.targets)
         centroids = self.method.drift_centroids()
+        # the current network's features: the evaluation's extraction (cached by the method)
+        feature_centroids = label_centroids(
+            self.method.embed().neck, torch.from_numpy(labels).to(self.method.device),
+            cfg.num_clusters) if evaluated and epoch > 0 else None   # epoch 0: DeepCluster has
+        # no labels yet, so both methods start from their first evaluation after training begins
         if self.previous_labels is not None:
             out["nmi_previous"] = nmi(labels, self.previous_labels)
             out["relabelled"] = float((labels != self.previous_labels).mean())
             # Ids persist in ODC and are already matched for DeepCluster (label overlap), so no
             # further matching by distance here.
             out["drift"] = centroid_drift(self.previous_centroids, centroids, match=False)
+        if feature_centroids is not None:
+            if self.previous_feature_centroids is not None:   # None: an older checkpoint
+                (before, n_before), (now, n_now) = self.previous_feature_centroids, feature_centroids
+                both = (n_before > 0) & (n_now > 0)
+                out["feature_drift"] = centroid_drift(before[both], now[both], match=False)
+            self.previous_feature_centroids = feature_centroids
         self.previous_labels, self.previous_centroids = labels, centroids
         return out
 
@@ -86,10 +113,15 @@ class Recorder:
     def state_dict(self) -> dict:
         """What the next epoch's measurements compare against."""
         labels = None if self.previous_labels is None else torch.from_numpy(self.previous_labels)
-        return {"previous_labels": labels, "previous_centroids": self.previous_centroids}
+        return {"previous_labels": labels, "previous_centroids": self.previous_centroids,
+                "previous_feature_centroids": self.previous_feature_centroids}
 
     def load_state_dict(self, state: dict) -> None:
         labels = state["previous_labels"]
         self.previous_labels = None if labels is None else labels.numpy()
         centroids = state["previous_centroids"]
-        self.previous_centroids = None if centroids is None else centroids.to(self.train_set.images.device)
+        device = self.train_set.images.device
+        self.previous_centroids = None if centroids is None else centroids.to(device)
+        feature = state.get("previous_feature_centroids")   # absent in older checkpoints
+        self.previous_feature_centroids = None if feature is None else tuple(
+            t.to(device) for t in feature)

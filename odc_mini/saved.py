@@ -99,6 +99,15 @@ def _epochs_kept(rule: str, num_epochs: int, available: list[int]) -> list[int] 
     raise ValueError(f"unknown keep rule {rule!r}; accepted: all, ends, three, none")
 
 
+def compact_for(history: History, name: str) -> History:
+    """``history`` with the label banks and snapshots that experiment ``name`` keeps."""
+    experiment = experiments.get(name)
+    return history.compact(
+        label_epochs=_epochs_kept(experiment.keep_labels, history.num_epochs, history.label_epochs),
+        snapshot_epochs=_epochs_kept(experiment.keep_snapshots, history.num_epochs,
+                                     history.snapshot_epochs))
+
+
 def save(history: History, config: Config, name: str, directory: str | Path | None = None,
          **notes) -> Path:
     """Write experiment ``name``'s run (its config must be the experiment's) compacted as the
@@ -109,10 +118,7 @@ def save(history: History, config: Config, name: str, directory: str | Path | No
     if differ:
         raise ValueError(f"this run is not experiment {name!r}: "
                          f"{', '.join(d.split(' ')[0] for d in differ)} differ")
-    compact = history.compact(
-        label_epochs=_epochs_kept(experiment.keep_labels, history.num_epochs, history.label_epochs),
-        snapshot_epochs=_epochs_kept(experiment.keep_snapshots, history.num_epochs,
-                                     history.snapshot_epochs))
+    compact = compact_for(history, name)
     folder = _root(directory) / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config.identity(), indent=1) + "\n")
@@ -150,7 +156,8 @@ def summary(history: History, churn_from: int = 1) -> dict[str, float]:
     whose label changed, over the iterations of epochs ``churn_from`` to the last (iterations
     without a previous label, DeepCluster's first epoch, do not count); ``relabelled``, the share
     of images whose label changed in the last epoch; ``drift``, the mean centroid drift per epoch, and
-    ``final_drift`` the last epoch's; ``handled``, the small clusters repaired in the whole run;
+    ``final_drift`` the last epoch's; ``feature_drift``, the mean drift of the centroids of the
+    current network's features, measured alike for both methods; ``handled``, the small clusters repaired in the whole run;
     ``min_size`` and ``max_size``, the smallest and largest cluster at the end;
     ``wall_seconds``, the run's wall time; ``random_*``: the network before training (row 0)."""
     out = {key: history.last(key) for key in ("knn_top1", "linear_top1", "nmi_classes",
@@ -160,6 +167,9 @@ def summary(history: History, churn_from: int = 1) -> dict[str, float]:
     out["churn"] = float(np.nanmean(history.iteration("change_ratio")[epoch >= churn_from]))
     out["drift"] = float(np.nanmean(history.epoch("drift")[1:]))
     out["final_drift"] = history.last("drift")
+    # the same measure for both methods (recorder.py); NaN for runs saved before it existed
+    feature = history.epoch("feature_drift")[1:] if "feature_drift" in history.epoch_keys else [np.nan]
+    out["feature_drift"] = float(np.nanmean(feature)) if not np.isnan(feature).all() else float("nan")
     out["handled"] = float(np.nansum(history.epoch("clusters_handled")))
     out["random_knn_top1"] = float(history.epoch("knn_top1")[0])
     out["random_linear_top1"] = float(history.epoch("linear_top1")[0])
@@ -172,8 +182,9 @@ TIMINGS = ("wall_seconds", "train_seconds", "eval_seconds")
 
 def differences(mine: History, book: History) -> list[str]:
     """Everything in which ``mine`` is not bit-identical to ``book``, one line each (an empty
-    list: identical): every per-epoch and per-iteration record but the timings, and every array
-    ``book`` keeps (label banks, cluster sizes, snapshots, targets). On one kernel path
+    list: identical): every per-epoch record ``book`` has but the timings (a metric added to the
+    package after ``book`` was saved is not held against it), every per-iteration record, and every
+    array ``book`` keeps (label banks, cluster sizes, snapshots, targets). On one kernel path
     (:mod:`odc_mini.kernels`) a re-run of unchanged code has none."""
     out = []
     if mine.num_epochs != book.num_epochs:
@@ -190,7 +201,7 @@ def differences(mine: History, book: History) -> list[str]:
                        f"{'epoch' if kind == 'per-epoch' else 'iteration'} {i}: {a[i]!r} here, "
                        f"{b[i]!r} saved")
 
-    for key in sorted(set(mine.epoch_keys) | set(book.epoch_keys)):
+    for key in sorted(book.epoch_keys):
         if key not in TIMINGS:
             column("per-epoch", key, mine.epoch(key), book.epoch(key))
     for key in sorted(set(mine.iteration_keys) | set(book.iteration_keys)):

@@ -161,7 +161,7 @@ class _Training:
             lr, order, start = part["lr"], part["order"].to(self.device), part["step"]
             rows = list(part["rows"].to(self.device).unbind(0))
         else:
-            lr = cfg.lr * (0.4 if epoch > int(0.9 * cfg.epochs) else 1.0)  # reference: x0.4 late
+            lr = cfg.lr * (cfg.lr_decay if epoch > int(0.9 * cfg.epochs) else 1.0)
             # One host-to-device copy per epoch: a blocking copy per batch would wait for the GPU.
             order = self._guarded(epoch, lambda: self.method.epoch_indices(epoch)).to(self.device)
             start, rows = 0, []
@@ -207,9 +207,10 @@ class _Training:
         row = dict(epoch=epoch, loss=float(np.mean(steps[:, 0])), acc=float(np.mean(steps[:, 1])),
                    change_ratio=float(np.nanmean(churn)) if not np.isnan(churn).all() else float("nan"),
                    lr=lr, train_seconds=self.train_seconds)
-        if epoch % cfg.eval_interval == 0 or final:
+        evaluated = epoch % cfg.eval_interval == 0 or final
+        if evaluated:
             row.update(self._guarded(epoch, lambda: self.recorder.measure_features(epoch, final)))
-        row.update(self.recorder.measure_clusters(epoch))
+        row.update(self._guarded(epoch, lambda: self.recorder.measure_clusters(epoch, evaluated)))
         row["wall_seconds"] = self.wall_seconds()
         self.history.add_epoch(**row)
         self.epoch = epoch

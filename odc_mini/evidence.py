@@ -1,0 +1,138 @@
+"""Comparisons over seeds: the numbers behind every comparative sentence of the book.
+
+A claim such as "ODC learns better features than DeepCluster" rests on several runs of each
+configuration that differ only in their seed (:func:`odc_mini.experiments.seed_group`). Runs of
+the same seed share the subset, the initial network and the data order, so the two methods are
+compared seed by seed (paired), and the verdict is a plain count, not a test:
+
+* "higher in all 3 seeds" / "lower in all 3 seeds": every paired difference has that sign;
+* "within seed noise": the signs disagree, so the seeds do not say which is higher.
+
+With 3 seeds, "in all 3" happens by chance alone one time in four, so the book also prints the
+mean difference with the smallest and largest paired difference, which say how far apart the
+methods are against how far apart the seeds are.
+
+    groups = evidence.load_groups({"ODC": "quick-odc", "DeepCluster": "quick-deepcluster"})
+    table = evidence.table(groups)                # mean ± sd per metric and group
+    c = evidence.compare(groups["ODC"], groups["DeepCluster"], "knn_top1")
+    c.sentence("ODC", "DeepCluster")              # "ODC's kNN top-1 is higher in all 3 seeds ..."
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .history import History
+from .saved import summary
+
+# The measures the comparisons cover: (summary key, what it is, higher is better or None when
+# neither is, format as a percentage).
+METRICS = {
+    "knn_top1": ("kNN top-1", True, True),
+    "linear_top1": ("linear probe top-1", True, True),
+    "nmi_classes": ("NMI with the classes", True, False),
+    "churn": ("label churn per batch", None, True),
+    "relabelled": ("images relabelled in the last epoch", None, True),
+    "nmi_previous": ("NMI between the last two epochs' labels", None, False),
+    "feature_drift": ("centroid drift of the current features", None, False),
+    "drift": ("centroid drift, each method's own centroids", None, False),
+}
+
+
+def load_groups(names: dict[str, str], directory=None) -> dict[str, dict[int, History]]:
+    """``{label: {seed: history}}`` of the saved runs of each experiment's seed group."""
+    from . import experiments, saved
+    groups = {}
+    for label, name in names.items():
+        groups[label] = {experiments.get(member).config().seed: saved.load(member, directory).history
+                         for member in experiments.seed_group(name)}
+    return groups
+
+
+def finals(runs: dict[int, History], metric: str, churn_from: int = 1) -> dict[int, float]:
+    """``{seed: value}`` of :func:`odc_mini.saved.summary`'s ``metric`` for each run."""
+    return {seed: summary(h, churn_from)[metric] for seed, h in sorted(runs.items())}
+
+
+@dataclass
+class Comparison:
+    metric: str
+    a: dict[int, float]        # seed -> value of the first group
+    b: dict[int, float]        # seed -> value of the second group (the same seeds)
+
+    @property
+    def differences(self) -> np.ndarray:
+        return np.array([self.a[s] - self.b[s] for s in self.a])
+
+    @property
+    def n(self) -> int:
+        return len(self.a)
+
+    @property
+    def verdict(self) -> str:
+        d = self.differences
+        if np.all(d > 0):
+            return f"higher in all {self.n} seeds"
+        if np.all(d < 0):
+            return f"lower in all {self.n} seeds"
+        return "within seed noise"
+
+    def _fmt(self, value: float, signed: bool = False) -> str:
+        percent = METRICS.get(self.metric, ("", None, False))[2]
+        if percent:
+            return f"{100 * value:+.1f} points" if signed else f"{100 * value:.1f}%"
+        return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+    def sentence(self, name_a: str, name_b: str) -> str:
+        """One sentence, e.g. "ODC's kNN top-1 is higher than DeepCluster's in all 3 seeds (by
+        +1.2 points on average; per seed +0.4 to +2.1 points)"."""
+        what = METRICS.get(self.metric, (self.metric,))[0]
+        d = self.differences
+        spread = (f"by {self._fmt(d.mean(), True)} on average; per seed {self._fmt(d.min(), True)} "
+                  f"to {self._fmt(d.max(), True)}")
+        verdict = self.verdict
+        if verdict == "within seed noise":
+            return (f"{name_a}'s and {name_b}'s {what} are within seed noise: neither is higher in "
+                    f"every one of the {self.n} seeds ({name_a} minus {name_b}: {spread})")
+        word = verdict.split()[0]
+        return f"{name_a}'s {what} is {word} than {name_b}'s in all {self.n} seeds ({spread})"
+
+
+def compare(a: dict[int, History], b: dict[int, History], metric: str,
+            churn_from: int = 1) -> Comparison:
+    """``metric`` of group ``a`` against group ``b``, paired by seed (the seeds both have)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        raise ValueError(f"a comparison needs at least 2 seeds that both groups have; "
+                         f"got {seeds}")
+    fa = finals({s: a[s] for s in seeds}, metric, churn_from)
+    fb = finals({s: b[s] for s in seeds}, metric, churn_from)
+    return Comparison(metric, fa, fb)
+
+
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def table(groups: dict[str, dict[int, History]], metrics=tuple(METRICS), churn_from: int = 1,
+          compare_to: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of "mean ± sd (n seeds)" per metric and group; with ``compare_to`` (a
+    group label) one more column per other group with its verdict against that group."""
+    labels = list(groups)
+    header = ["measure"] + [f"{g} ({len(groups[g])} seeds)" for g in labels]
+    others = [g for g in labels if g != compare_to] if compare_to else []
+    header += [f"{g} vs {compare_to}" for g in others]
+    rows = []
+    for metric in metrics:
+        what, _, percent = METRICS[metric]
+        row = [what]
+        for g in labels:
+            mean, sd = mean_sd(finals(groups[g], metric, churn_from).values())
+            row.append(f"{100 * mean:.1f} ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}")
+        for g in others:
+            row.append(compare(groups[g], groups[compare_to], metric, churn_from).verdict)
+        rows.append(row)
+    return header, rows
