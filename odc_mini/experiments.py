@@ -1,28 +1,30 @@
 """The experiments behind the book's numbers: each a name, a config and what its saved run keeps.
 
     python -m odc_mini experiment --list
-    python -m odc_mini experiment quick-odc-k100-m0.5         # train it here and save it
+    python -m odc_mini experiment quick-odc          # train it here and save it
 
 Every saved run in ``odc_mini/saved_runs/`` (see :mod:`odc_mini.saved`) is one of these, trained by
 the command its ``provenance.json`` records. Chapters look runs up by config, so a chapter that
 asks for the config of an experiment replays its saved run instead of training.
 
-* ``quick-*``: the quick profile (10,000 images, small CNN, 10 epochs), one knob at a time:
-  K ∈ {10, 100, 1000} for both methods at the default memory momentum m = 0.5, and, for ODC,
-  m ∈ {0.1, 0.5, 0.9} at the default K = 100. ``min_cluster`` keeps the profile's ratio
-  to the mean cluster size N/K (15 at K = 100, so 150 at K = 10 and 2 at K = 1000; the profile's
-  15 at K = 1000 would ask for 15,000 images in clusters of at least 15, more than there are).
-  The two K = 100, m = 0.5 runs are the chapters' own quick runs.
-* ``cpu50k-*``: the quick profile's network and settings on all 50,000 images for 50 epochs, a
+* ``quick-*``: the quick profile (see :mod:`odc_mini.config`). ``quick-odc`` and
+  ``quick-deepcluster`` are the chapters' runs, the two methods at shared settings (ODC's
+  optimisation); ``quick-deepcluster-ref`` is DeepCluster at its own reference optimisation
+  (constant learning rate, 0.1 / 0.06 of ODC's, as in the authors' configs); ``*-lrX`` sweep
+  each method's learning rate around its own.
+* ``cpu50k-*``: the network and settings of the quick profile up to 0.3 on all 50,000 images for 50 epochs, a
   background run of about an hour per method on a 2-core CPU (checkpointed: an interrupted run
   continues where it stopped when the command is run again).
-* ``gpu-*``: the full profile (ResNet-18, all of CIFAR-10) on one GPU, by ``bench/gpu_run.py``.
+* ``gpu-*``: the full profile (ResNet-18, all of CIFAR-10) on one GPU, by ``bench/gpu_run.py``,
+  one seed, DeepCluster at ODC's optimisation settings; ``full-*``: both methods at their own
+  reference settings with two seeds each, by ``bench/gpu_evidence.py`` in one GPU call.
 * ``golden-*``: short quick-profile runs that ``tests/test_golden.py`` re-runs on every CI
   build: bit for bit on the pinned kernel path (:mod:`odc_mini.kernels`), which they are
   trained on, and against the spread of their seeds (``golden-*-seedS``) on the machine's own.
 * ``*-seedS``: the same config with seed S. A config's seeds (:func:`seed_group`) measure the
   noise that any comparison with it must stand out from (:mod:`odc_mini.seeds`).
-* ``ablation-*``: chapter 7's tiny sweeps (1,200 images, 3 epochs), one knob at a time.
+* ``ablation-*``: chapter 7's tiny sweeps (1,200 images, 3 epochs), one knob at a time, three
+  seeds each.
 """
 from __future__ import annotations
 
@@ -30,8 +32,12 @@ from dataclasses import dataclass
 
 from .config import Config
 
-QUICK_KS = (10, 100, 1000)
-QUICK_MOMENTA = (0.1, 0.5, 0.9)
+# The quick profile of odc_mini 0.3 and earlier (10 epochs). The golden runs and the 50,000-image
+# CPU runs were trained with it and keep it, whatever the profile is now.
+QUICK_0_3 = dict(profile="quick", arch="small_cnn", dataset="cifar10", subset=10_000, epochs=10,
+                 batch_size=128, lr=0.1, num_clusters=100, min_cluster=15, sobel=True,
+                 saturation=0.4, hue=0.1, jitter_p=0.8, crop_min_scale=0.2, snapshot_size=2000,
+                 eval_batch_size=256, eval_interval=2)
 
 # Chapter 7: a base run and one sweep per ODC knob (each sweep passes through the base value).
 ABLATION_BASE = dict(subset=1200, epochs=3, batch_size=64, num_clusters=30, min_cluster=10,
@@ -43,12 +49,18 @@ ABLATION_SWEEPS = {"momentum": [0.1, 0.5, 0.9],
 
 # The golden runs: short enough for every CI build (15 iterations per epoch), long enough for
 # every per-epoch record (kNN and the linear probe each epoch, NMI between epochs, drift).
-GOLDEN = dict(profile="quick", subset=2000, epochs=3, num_clusters=20, min_cluster=15,
-              eval_interval=1, snapshot_size=500)
+GOLDEN = {**QUICK_0_3, **dict(subset=2000, epochs=3, num_clusters=20, min_cluster=15,
+                              eval_interval=1, snapshot_size=500)}
 # Seeds per config whose spread the checks use: enough that the prediction band of one more run
 # is not dominated by the uncertainty of the spread itself (seeds.multiplier).
 GOLDEN_SEEDS = tuple(range(10))
-CHAPTER_SEEDS = tuple(range(5))     # the chapters' two quick runs (K = 100, m = 0.5)
+# The quick profile's runs behind a claim: 4 seeds each for the chapters' two (one is a reader's
+# run and chapter 8 places it among the other 3), 3 for DeepCluster at its reference settings.
+CHAPTER_SEEDS = tuple(range(4))
+REFERENCE_SEEDS = tuple(range(3))
+# The learning-rate sweep: each method's own rate times these factors (seed 0).
+LR_FACTORS = (0.5, 1.0, 2.0)
+ABLATION_SEEDS = tuple(range(3))
 
 
 @dataclass(frozen=True)
@@ -80,49 +92,75 @@ class Experiment:
         if seed == self.settings.get("seed", 0):
             return self
         return Experiment(f"{self.name}-seed{seed}", {**self.settings, "seed": seed},
-                          f"{self.about}; seed {seed}", pinned=self.pinned)
-
-
-def quick_min_cluster(k: int) -> int:
-    """The quick profile's min_cluster (15 at K = 100 on 10,000 images) at the same ratio to N/K."""
-    return max(1, round(15 * 100 / k))
+                          f"{self.about}; seed {seed}", trained_with=self.trained_with,
+                          pinned=self.pinned)
 
 
 def _label(method: str) -> str:
     return "ODC" if method == "odc" else "DeepCluster"
 
 
-def _quick_grid() -> list[Experiment]:
-    """K at the default momentum for both methods, the momentum at the default K for ODC; the
-    chapters' two runs (K = 100, m = 0.5) with their seeds."""
-    runs = []
-    for k in QUICK_KS:
-        for method, momenta in (("odc", QUICK_MOMENTA if k == 100 else (0.5,)),
-                                ("deepcluster", (0.5,))):
-            for m in momenta:
-                chapter = k == 100 and m == 0.5
-                name = f"quick-odc-k{k}-m{m}" if method == "odc" else f"quick-deepcluster-k{k}"
-                settings = dict(method=method, profile="quick", num_clusters=k,
-                                min_cluster=quick_min_cluster(k))
-                if method == "odc":
-                    settings["momentum"] = m
-                about = (f"{_label(method)}, quick profile, K = {k}"
-                         + (f", memory momentum {m}" if method == "odc" else "")
-                         + (" (chapters 4 and 5)" if chapter else ""))
-                # the chapters' runs keep every label bank and feature snapshot: chapter 5
-                # follows images from snapshot to snapshot (about 2.5 MB per run)
-                runs += _seeds(CHAPTER_SEEDS if chapter else (0,), Experiment(
-                    name, settings, about, keep_labels="all" if chapter else "ends",
-                    keep_snapshots="all" if chapter else "none"))
+def _quick() -> list[Experiment]:
+    """The quick profile: the chapters' two runs at shared settings, DeepCluster at its own
+    reference settings, and a learning-rate sweep of each method at its own settings."""
+    odc_lr = Config(profile="quick").lr
+    # the chapters' runs keep every label bank and feature snapshot: chapter 5 follows images
+    # from snapshot to snapshot
+    odc = Experiment("quick-odc", dict(method="odc", profile="quick"),
+                     "ODC, quick profile (chapters 2-5)", keep_labels="all", keep_snapshots="all")
+    dc = Experiment("quick-deepcluster", dict(method="deepcluster", profile="quick"),
+                    "DeepCluster, quick profile at ODC's optimisation settings (chapters 2-5)",
+                    keep_labels="all", keep_snapshots="all")
+    ref = Experiment("quick-deepcluster-ref", dict(profile="quick", **deepcluster_reference(odc_lr)),
+                     "DeepCluster, quick profile at its own reference optimisation (constant "
+                     "rate, 0.1 / 0.06 of ODC's)", keep_labels="ends")
+    runs = _seeds(CHAPTER_SEEDS, odc) + _seeds(CHAPTER_SEEDS, dc) + _seeds(REFERENCE_SEEDS, ref)
+    for base, own_lr in ((odc, odc_lr), (ref, odc_lr * DEEPCLUSTER_LR_RATIO)):
+        for factor in LR_FACTORS:
+            if factor != 1.0:
+                lr = round(own_lr * factor, 4)
+                runs.append(Experiment(f"{base.name}-lr{lr:g}", {**base.settings, "lr": lr},
+                                       f"{base.about.split(' (')[0]}, learning rate {lr:g}"))
     return runs
 
 
 def _cpu50k() -> list[Experiment]:
     return [Experiment(
-        f"cpu50k-{method}", dict(method=method, profile="quick", subset=50_000, epochs=50),
-        f"{_label(method)}, small CNN on all 50,000 images, 50 epochs (quick-profile settings "
-        "otherwise)", keep_labels="ends")
+        f"cpu50k-{method}", dict(method=method, **{**QUICK_0_3, "subset": 50_000, "epochs": 50}),
+        f"{_label(method)}, small CNN on all 50,000 images, 50 epochs (the settings of the "
+        "quick profile up to odc_mini 0.3 otherwise)", keep_labels="ends")
         for method in ("odc", "deepcluster")]
+
+
+# Each method at its own reference's optimisation settings (spec §9): ODC trains at lr 0.06 with
+# batch 512 and x0.4 for the last 10% of epochs; DeepCluster (OpenSelfSup's r50.py, with Sobel)
+# at lr 0.1 with batch 512, constant. At a scale where ODC's rate is ``lr``, DeepCluster's
+# reference is the same ratio, 0.1 / 0.06 times ``lr``, with no decay.
+DEEPCLUSTER_LR_RATIO = 0.1 / 0.06
+FULL_EPOCHS = 50        # what two seeds of both methods fit in one GPU call of <= 9 minutes
+FULL_SEEDS = (0, 1)
+
+
+def deepcluster_reference(lr: float) -> dict:
+    """DeepCluster's own optimisation settings where ODC's learning rate is ``lr``."""
+    return dict(method="deepcluster", lr=round(lr * DEEPCLUSTER_LR_RATIO, 4), lr_decay=1.0)
+
+
+def _full() -> list[Experiment]:
+    """Both methods at their reference settings on one GPU, ResNet-18, all of CIFAR-10, two seeds
+    each, trained by ``bench/gpu_evidence.py`` in one GPU call."""
+    odc_lr = Config(profile="full").lr
+    command = "python bench/gpu_evidence.py --data-root .gpu_data --out OUT/evidence"
+    odc = Experiment("full-odc", dict(method="odc", profile="full", epochs=FULL_EPOCHS,
+                                      eval_interval=5),
+                     "ODC at its reference settings, ResNet-18 on all of CIFAR-10, one GPU",
+                     keep_labels="ends", trained_with=command)
+    dc = Experiment("full-deepcluster-ref",
+                    dict(profile="full", sobel=True, epochs=FULL_EPOCHS, eval_interval=5,
+                         **deepcluster_reference(odc_lr)),
+                    "DeepCluster at its reference settings (Sobel, constant lr 0.1), ResNet-18 "
+                    "on all of CIFAR-10, one GPU", keep_labels="ends", trained_with=command)
+    return [e.with_seed(s) for e in (odc, dc) for s in FULL_SEEDS]
 
 
 def _gpu() -> list[Experiment]:
@@ -159,7 +197,7 @@ def _ablations() -> list[Experiment]:
     for key, value in ablation_keys():
         overrides = {} if key is None else {key: value}
         suffix = "base" if key is None else f"{key}-{value}"
-        runs.append(Experiment(
+        runs += _seeds(ABLATION_SEEDS, Experiment(
             f"ablation-{suffix}",
             dict(method="odc", profile="quick", **{**ABLATION_BASE, **overrides}),
             f"chapter 7: tiny ODC run, {'the base settings' if key is None else f'{key} = {value}'}",
@@ -168,7 +206,7 @@ def _ablations() -> list[Experiment]:
 
 
 def _registry() -> dict[str, Experiment]:
-    runs = _quick_grid() + _cpu50k() + _gpu() + _golden() + _ablations()
+    runs = _quick() + _cpu50k() + _gpu() + _full() + _golden() + _ablations()
     return {run.name: run for run in runs}
 
 
@@ -177,13 +215,13 @@ def _seeds(seeds, experiment: Experiment) -> list[Experiment]:
 
 
 def ablation_keys() -> list[tuple[str | None, object]]:
-    """Chapter 7's distinct runs: (None, None) for the base, (knob, value) for each sweep value
-    other than the base's, and ("seed", 1) for the base with another seed."""
+    """Chapter 7's distinct settings: (None, None) for the base, (knob, value) for each sweep
+    value other than the base's. Each is run with the seeds ``ABLATION_SEEDS``."""
     base = Config(profile="quick", **ABLATION_BASE)
     keys: list[tuple[str | None, object]] = [(None, None)]
     for knob, values in ABLATION_SWEEPS.items():
         keys += [(knob, v) for v in values if v != getattr(base, knob)]
-    return keys + [("seed", 1)]
+    return keys
 
 
 EXPERIMENTS: dict[str, Experiment] = _registry()

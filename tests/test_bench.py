@@ -86,6 +86,52 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
         assert np.isfinite(final["nmi_classes"]) and 0 <= final["change_ratio"] <= 1
 
 
+def test_gpu_evidence_tiny_on_cpu(tmp_path):
+    """The four full-scale experiments, tiny, in order: the one tar brought back holds, per run,
+    that experiment's config (with the tiny overrides) and a 2-epoch history compacted as the
+    experiment keeps it, and results.json's kNN is the history's last evaluated one."""
+    import tarfile
+    from odc_mini import experiments
+    from odc_mini.runfolder import read_config
+    names = ["full-odc", "full-deepcluster-ref", "full-odc-seed1", "full-deepcluster-ref-seed1"]
+    tiny = dict(dataset="synthetic", arch="small_cnn", subset=600, epochs=2, num_clusters=10,
+                min_cluster=5, batch_size=64, eval_batch_size=300, snapshot_size=100,
+                eval_interval=1, device="cpu")
+    out = run_script("gpu_evidence.py", "--tiny", "--out", str(tmp_path / "out"))
+    back = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert back == ["checkpoints", "evidence.tar", "results.json"], back   # <= 8 files come back
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["runs"]) == names and results["skipped"] == [], out
+    with tarfile.open(tmp_path / "out" / "evidence.tar") as tar:
+        tar.extractall(tmp_path / "records", filter="data")
+    for name in names:
+        expected = experiments.get(name).config(**tiny).identity()
+        assert read_config(tmp_path / "records" / name / "config.json").identity() == expected
+        history = History.load(tmp_path / "records" / name / "history.npz")
+        assert history.num_epochs == 2
+        kept = {"ends": 2, "none": 0}[experiments.get(name).keep_labels]   # as saved_runs keep
+        assert len(history.label_epochs) == kept
+        assert not kept or history.label_epochs[-1] == 2
+        knn = history.epoch("knn_top1")
+        final = results["runs"][name]
+        assert final["knn_top1"] == pytest.approx(float(knn[~np.isnan(knn)][-1]))
+        assert final["random_knn_top1"] == pytest.approx(float(knn[0]))
+        assert final["epochs"] == 2
+
+
+def test_quick_profile_search_tiny(tmp_path):
+    """One tiny candidate: the file keeps its kNN curve (row 0 first, the last epoch last) and
+    the table's gain is the curve's last value within the budget minus its first."""
+    out = run_script("quick_profile_search.py", "--tiny", "--only", "lr0.2",
+                     "--out", str(tmp_path / "search.json"))
+    (result,) = json.loads((tmp_path / "search.json").read_text())
+    epochs = [c[0] for c in result["curve"]]
+    assert result["name"] == "lr0.2" and epochs == [0, 1, 2]
+    gain = result["curve"][-1][2] - result["curve"][0][2]
+    row = [line for line in out.splitlines() if line.startswith("lr0.2")][-1]
+    assert f"{gain:+5.1f} (ep 2," in row
+
+
 def test_kernel_paths_table():
     """Two kernel paths for the parent process; the pinned run started from either has the
     same bits (its fingerprint), whatever the parent's environment."""

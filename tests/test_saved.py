@@ -92,7 +92,7 @@ def test_summary_matches_a_recomputation(tiny_run):
 def test_results_table_shows_each_runs_numbers(tiny_run):
     from odc_mini import notebook as nbk
     h = tiny_run.history
-    other = saved.load("quick-deepcluster-k100").history
+    other = saved.load("quick-deepcluster").history
     html = nbk.results_table({"tiny": h, "dc": other}, churn_from=2).data
     rows = [r for r in html.split("<tr>")[1:]]
     churn = next(r for r in rows if "mean churn per batch (epoch 2 to the end)" in r)
@@ -139,11 +139,23 @@ def test_every_registered_config_is_valid():
     assert all(c.identity() == Config(**{**configs[0].to_dict(), "seed": c.seed}).identity()
                for c in configs)
     assert all(experiments.get(n).pinned for n in group)
-    assert experiments.seed_group("quick-odc-k10-m0.5") == ["quick-odc-k10-m0.5"]
-    # chapter 7's runs: the base, each sweep value other than the base's, and another seed
-    assert len(experiments.ablation_keys()) == 1 + 8 + 1
-    # the quick grid keeps the profile's min_cluster to N/K ratio (15 at K = 100)
-    assert [experiments.quick_min_cluster(k) for k in (10, 100, 1000)] == [150, 15, 2]
+    assert experiments.seed_group("quick-odc-lr0.2") == ["quick-odc-lr0.2"]
+    assert experiments.seed_group("quick-odc") == ["quick-odc"] + [
+        f"quick-odc-seed{s}" for s in experiments.CHAPTER_SEEDS[1:]]
+    # chapter 7's runs: the base and each sweep value other than the base's, with 3 seeds each
+    assert len(experiments.ablation_keys()) == 1 + 8
+    assert len(experiments.seed_group("ablation-base")) == len(experiments.ABLATION_SEEDS) >= 3
+    # DeepCluster's reference: its own rate at the ratio of the authors' configs, no decay
+    odc, ref = experiments.get("quick-odc").config(), experiments.get("quick-deepcluster-ref").config()
+    assert ref.lr == pytest.approx(odc.lr * 0.1 / 0.06, abs=1e-4) and ref.lr_decay == 1.0
+    assert odc.lr_decay == 0.4
+    assert odc.differences(ref) == [f"lr (saved {ref.lr!r}, now {odc.lr!r})",
+                                    "lr_decay (saved 1.0, now 0.4)",
+                                    "method (saved 'deepcluster', now 'odc')"]
+    # the full-scale evidence: the same two, at the full profile, on ResNet-18, 2 seeds each
+    full = experiments.get("full-deepcluster-ref").config()
+    assert (full.arch, full.sobel, full.lr, full.lr_decay) == ("resnet18", True, 0.1, 1.0)
+    assert len(experiments.seed_group("full-odc")) == 2
 
 
 @pytest.mark.parametrize("name", saved.names())
@@ -181,11 +193,11 @@ def test_saved_runs_stay_small():
 def test_cli_lists_and_refuses_unknown_names():
     out = subprocess.run([sys.executable, "-m", "odc_mini", "experiment", "--list"],
                          capture_output=True, text=True, check=True).stdout
-    assert "quick-odc-k100-m0.5" in out and "golden-odc" in out
+    assert "quick-odc-seed1" in out and "golden-odc" in out
     bad = subprocess.run([sys.executable, "-m", "odc_mini", "experiment", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
-    assert bad.stderr.startswith("error: unknown experiment 'nope'; accepted: quick-odc-k10-m0.5,")
+    assert bad.stderr.startswith("error: unknown experiment 'nope'; accepted: quick-odc, ")
 
 
 def test_cli_saves_a_run_trained_elsewhere(tiny_run, registry, tmp_path, capsys):
