@@ -15,7 +15,7 @@ methods are against how far apart the seeds are.
     groups = evidence.load_groups({"ODC": "quick-odc", "DeepCluster": "quick-deepcluster"})
     table = evidence.table(groups)                # mean ± sd per metric and group
     c = evidence.compare(groups["ODC"], groups["DeepCluster"], "knn_top1")
-    c.sentence("ODC", "DeepCluster")              # "ODC's kNN top-1 is higher in all 3 seeds ..."
+    c.sentence("ODC", "DeepCluster")              # "kNN top-1 is higher for ODC than for ..."
 """
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ METRICS = {
     "feature_drift": ("centroid drift of the current features", None, False),
     "drift": ("centroid drift, each method's own centroids", None, False),
 }
+
+# How a sentence names each measure (singular, so that "is higher" reads right).
+PHRASES = {"knn_top1": "kNN top-1", "linear_top1": "the linear probe's top-1",
+           "nmi_classes": "the NMI with the classes", "churn": "the label churn per batch",
+           "relabelled": "the share of images relabelled in the last epoch",
+           "nmi_previous": "the NMI between the last two epochs' labels",
+           "feature_drift": "the drift of the current features' centroids",
+           "drift": "the drift of each method's own centroids"}
 
 
 def load_groups(names: dict[str, str], directory=None) -> dict[str, dict[int, History]]:
@@ -85,18 +93,18 @@ class Comparison:
         return f"{value:+.3f}" if signed else f"{value:.3f}"
 
     def sentence(self, name_a: str, name_b: str) -> str:
-        """One sentence, e.g. "ODC's kNN top-1 is higher than DeepCluster's in all 3 seeds (by
+        """One sentence, e.g. "kNN top-1 is higher for ODC than for DeepCluster in all 3 seeds (by
         +1.2 points on average; per seed +0.4 to +2.1 points)"."""
-        what = METRICS.get(self.metric, (self.metric,))[0]
+        what = PHRASES.get(self.metric, self.metric)
         d = self.differences
         spread = (f"by {self._fmt(d.mean(), True)} on average; per seed {self._fmt(d.min(), True)} "
                   f"to {self._fmt(d.max(), True)}")
         verdict = self.verdict
         if verdict == "within seed noise":
-            return (f"{name_a}'s and {name_b}'s {what} are within seed noise: neither is higher in "
-                    f"every one of the {self.n} seeds ({name_a} minus {name_b}: {spread})")
+            return (f"{what} is within seed noise between {name_a} and {name_b}: neither is higher "
+                    f"in every one of the {self.n} seeds ({name_a} minus {name_b}: {spread})")
         word = verdict.split()[0]
-        return f"{name_a}'s {what} is {word} than {name_b}'s in all {self.n} seeds ({spread})"
+        return f"{what} is {word} for {name_a} than for {name_b} in all {self.n} seeds ({spread})"
 
 
 def compare(a: dict[int, History], b: dict[int, History], metric: str,

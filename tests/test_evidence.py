@@ -32,7 +32,7 @@ def test_verdicts_count_the_seeds_paired():
     b[1] = fake(0.42)
     assert evidence.compare(a, b, "knn_top1").verdict == "within seed noise"
     s = evidence.compare(a, b, "knn_top1").sentence("ODC", "DeepCluster")
-    assert s.startswith("ODC's and DeepCluster's kNN top-1 are within seed noise")
+    assert s.startswith("kNN top-1 is within seed noise between ODC and DeepCluster")
     assert "+0.7 points on average; per seed -1.0 points to +2.0 points" in s
     # only the seeds both groups have are compared, and one is too few
     with pytest.raises(ValueError, match="at least 2 seeds"):
