@@ -99,6 +99,7 @@ class Comparison:
         d = self.differences
         spread = (f"by {self._fmt(d.mean(), True)} on average; per seed {self._fmt(d.min(), True)} "
                   f"to {self._fmt(d.max(), True)}")
+        what = what if what.startswith("kNN") else what[0].upper() + what[1:]
         verdict = self.verdict
         if verdict == "within seed noise":
             return (f"{what} is within seed noise between {name_a} and {name_b}: neither is higher "
