@@ -258,9 +258,9 @@ class Config:
         return cls(**values)
 
 
-# Fields added after runs were saved, with the value every run saved before them was trained
-# with: a saved config without the field means that value.
-ADDED_FIELDS = {"lr_decay": 0.4}
+# Fields added after runs were saved; their defaults are what every run saved before them was
+# trained with, so a saved config without the field means its default.
+ADDED_FIELDS = {f.name: f.default for f in dataclasses.fields(Config) if f.name in ("lr_decay",)}
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["runs"])
 
