@@ -189,6 +189,9 @@ def _check_features(feats: Tensor, labels: Tensor, name: str) -> None:
         raise ValueError(
             f"{name}_labels must have shape ({feats.shape[0]},), got {tuple(labels.shape)}"
         )
+    if feats.shape[0] == 0:
+        raise ValueError(f"{name}_feats has no rows (shape {tuple(feats.shape)}); "
+                         "at least one image is needed")
 
 
 @torch.no_grad()

@@ -127,6 +127,15 @@ def test_linear_probe_separable_blobs():
     assert acc == again  # deterministic for a fixed seed
 
 
+@pytest.mark.parametrize("probe", [linear_probe, knn_accuracy])
+def test_probes_refuse_an_empty_split_by_name(probe):
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    with pytest.raises(ValueError, match=r"test_feats has no rows \(shape \(0, 4\)\)"):
+        probe(x, y, x[8:], y[8:])
+    with pytest.raises(ValueError, match=r"train_feats has no rows"):
+        probe(x[:0], y[:0], x, y)
+
+
 def test_embed_images_batches_in_order_and_restores_mode():
     from odc_mini.augment import normalize
     from odc_mini.method import embed_images
