@@ -78,6 +78,45 @@ def test_aligned_pca_embedding_is_the_reference_epochs_map():
         viz.aligned_embeddings(h, reference=7, method="pca")
 
 
+def blobs(n=300, d=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, d))
+    return (centres[rng.integers(4, size=n)] + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_umap_inputs_give_the_graph_of_umaps_own_cosine_metric():
+    """The precomputed cosine distances build the same neighbourhood graph as umap-learn's
+    own cosine metric (to float rounding), for the reference fit and for transform's rows."""
+    import umap
+    x, y = blobs(seed=0), blobs(seed=1)
+    inputs, metric = viz._umap_inputs({0: y, 1: x}, reference=1)
+    assert metric == "precomputed" and inputs[1].shape == (300, 300) and inputs[0].shape == (300, 300)
+    settings = dict(n_neighbors=15, random_state=0, n_jobs=1, n_epochs=10)
+    own = umap.UMAP(metric="cosine", **settings).fit(x)
+    ours = umap.UMAP(metric="precomputed", **settings).fit(inputs[1])
+    assert abs(own.graph_ - ours.graph_).max() < 1e-4
+    assert (own.graph_ > 1e-4).nnz == (ours.graph_ > 1e-4).nnz
+    # transform's neighbours of new points: the k smallest of each precomputed row
+    cosine = 1 - (y / np.linalg.norm(y, axis=1, keepdims=True)) @ (
+        x / np.linalg.norm(x, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(inputs[0], cosine, atol=1e-5)
+    big = {0: np.zeros((viz.UMAP_EXACT_BELOW, 2), np.float32)}
+    assert viz._umap_inputs(big, 0)[1] == "cosine"        # many points: umap's own NN-descent
+
+
+def test_aligned_umap_embedding_keeps_unmoved_images_in_place():
+    h = fake_history(epochs=2)
+    for e, seed in ((0, 1), (1, 2), (2, 0)):                  # 20 snapshot images, 4 blobs
+        h.arrays[f"snapshot_features/{e}"] = blobs(n=20, d=8, seed=seed).astype(np.float16)
+    h.arrays["snapshot_features/1"][:10] = h.arrays["snapshot_features/2"][:10]
+    got = viz.aligned_embeddings(h, method="umap", n_neighbors=5, n_epochs=50)
+    assert sorted(got) == [0, 1, 2] and all(v.shape == (20, 2) for v in got.values())
+    spread = np.ptp(got[2], axis=0).max()
+    still = np.linalg.norm(got[1][:10] - got[2][:10], axis=1)
+    moved = np.linalg.norm(got[1][10:] - got[2][10:], axis=1)
+    assert np.median(still) < 0.1 * spread < np.median(moved)
+
+
 def test_migration_figure_says_how_many_images_changed_cluster():
     runs = {"ODC": fake_history(epochs=3), "DeepCluster": fake_history("deepcluster", epochs=3, seed=1)}
     embeddings = {name: viz.aligned_embeddings(h, method="pca") for name, h in runs.items()}
