@@ -124,3 +124,15 @@ def test_the_saved_run_of_the_same_identity_comes_first(tmp_path, monkeypatch):
     # another identity is not the saved run: trained (here: refused, training is forbidden)
     with pytest.raises(AssertionError, match="trained a run"):
         store.get(tiny(momentum=0.3), cache_dir=tmp_path / "empty")
+
+
+def test_training_time_says_cached_or_the_saved_runs_minutes(tmp_path):
+    quick = odc_mini.Config(method="odc", profile="quick")
+    found = odc_mini.saved.find(quick)            # the chapters' run: a saved one exists
+    minutes = f"{found.provenance['wall_seconds'] / 60:.1f} min"
+    said = store.training_time(quick, tmp_path)
+    assert said.startswith("not trained on this machine yet") and minutes in said
+    assert found.provenance["cpu"] in said
+    assert "no saved run" in store.training_time(tiny(), tmp_path)
+    cached_run(tiny(), tmp_path, progress=False)
+    assert store.training_time(tiny(), tmp_path).startswith("already trained on this machine")
