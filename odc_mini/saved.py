@@ -155,9 +155,10 @@ def summary(history: History, churn_from: int = 1) -> dict[str, float]:
     classes and NMI between the last two epochs' labels; ``churn``, the mean share of a batch
     whose label changed, over the iterations of epochs ``churn_from`` to the last (iterations
     without a previous label, DeepCluster's first epoch, do not count); ``relabelled``, the share
-    of images whose label changed in the last epoch; ``drift``, the mean centroid drift per epoch, and
-    ``final_drift`` the last epoch's; ``feature_drift``, the mean drift of the centroids of the
-    current network's features, measured alike for both methods; ``handled``, the small clusters repaired in the whole run;
+    of images whose label changed in the last epoch; ``drift``, the mean centroid drift per
+    epoch, and ``final_drift`` the last epoch's; ``feature_drift``, the mean drift of the
+    centroids of the current network's features, measured alike for both methods (NaN for runs
+    saved before it existed); ``handled``, the small clusters repaired in the whole run;
     ``min_size`` and ``max_size``, the smallest and largest cluster at the end;
     ``wall_seconds``, the run's wall time; ``random_*``: the network before training (row 0)."""
     out = {key: history.last(key) for key in ("knn_top1", "linear_top1", "nmi_classes",
@@ -167,9 +168,8 @@ def summary(history: History, churn_from: int = 1) -> dict[str, float]:
     out["churn"] = float(np.nanmean(history.iteration("change_ratio")[epoch >= churn_from]))
     out["drift"] = float(np.nanmean(history.epoch("drift")[1:]))
     out["final_drift"] = history.last("drift")
-    # the same measure for both methods (recorder.py); NaN for runs saved before it existed
-    feature = history.epoch("feature_drift")[1:] if "feature_drift" in history.epoch_keys else [np.nan]
-    out["feature_drift"] = float(np.nanmean(feature)) if not np.isnan(feature).all() else float("nan")
+    feature = history.epoch("feature_drift")[1:] if "feature_drift" in history.epoch_keys else []
+    out["feature_drift"] = float(np.nanmean(feature)) if np.isfinite(feature).any() else float("nan")
     out["handled"] = float(np.nansum(history.epoch("clusters_handled")))
     out["random_knn_top1"] = float(history.epoch("knn_top1")[0])
     out["random_linear_top1"] = float(history.epoch("linear_top1")[0])

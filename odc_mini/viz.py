@@ -342,22 +342,18 @@ def aligned_embeddings(history: History, reference: int | None = None, method: s
     if method == "pca":
         from sklearn.decomposition import PCA
         reducer = PCA(2, random_state=seed).fit(features[reference])
-        fitted = reducer.transform(features[reference])
-    else:
-        import umap
-        inputs, metric = _umap_inputs(features, reference)
-        with warnings.catch_warnings():
-            # what umap-learn says of a precomputed metric (no inverse_transform; transform's
-            # input is distances to the reference points) is what is meant here
-            warnings.filterwarnings("ignore", message=".*precomputed metric", category=UserWarning)
-            # n_jobs=1: a fixed random_state makes UMAP single-threaded anyway (it warns otherwise)
-            reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
-                                metric=metric, random_state=seed, n_jobs=1).fit(inputs[reference])
-            return {e: np.asarray(reducer.embedding_ if e == reference
-                                  else reducer.transform(inputs[e]), dtype=np.float32)
-                    for e in epochs}
-    return {e: np.asarray(fitted if e == reference else reducer.transform(features[e]),
-                          dtype=np.float32) for e in epochs}
+        return {e: reducer.transform(f).astype(np.float32) for e, f in features.items()}
+    import umap
+    inputs, metric = _umap_inputs(features, reference)
+    with warnings.catch_warnings():
+        # what umap-learn says of a precomputed metric (no inverse_transform; transform's input
+        # is distances to the reference points) is what is meant here
+        warnings.filterwarnings("ignore", message=".*precomputed metric", category=UserWarning)
+        # n_jobs=1: a fixed random_state makes UMAP single-threaded anyway (it warns otherwise)
+        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, n_epochs=n_epochs,
+                            metric=metric, random_state=seed, n_jobs=1).fit(inputs[reference])
+        return {e: np.asarray(reducer.embedding_ if e == reference else reducer.transform(x),
+                              dtype=np.float32) for e, x in inputs.items()}
 
 
 def _umap_inputs(features: Mapping[int, np.ndarray], reference: int):
