@@ -64,19 +64,21 @@ def cache_status(config: Config, cache_dir: str | Path | None = None) -> str:
 
 
 def training_time(config: Config, cache_dir: str | Path | None = None) -> str:
-    """One line for a reader about to call ``get(config, replay=False)``: whether this machine
-    has the run already, and if not, how long the book's saved run of the same settings took."""
+    """What a reader about to call ``get(config, replay=False)`` should know, in short lines (a
+    notebook's output does not wrap): whether this machine has the run already, and if not, how
+    long the book's saved run of the same settings took to train, and where."""
     config = config.validate()
     if cache_status(config, cache_dir) == "fresh":
-        return "already trained on this machine (in the run cache): it loads in seconds"
+        return "already in this machine's run cache: it loads in seconds."
     found = saved.find(config)
     if found is None:
-        return ("not trained on this machine yet, and the book has no saved run of these "
-                "settings to say how long training takes")
+        return ("not trained on this machine yet.\n"
+                "The book has no saved run of these settings to say how long training takes.")
     p = found.provenance
-    return (f"not trained on this machine yet: training the book's saved run of these settings "
-            f"took {p['wall_seconds'] / 60:.1f} min on {p['cpu']} ({p['machine']}); "
-            "a progress bar follows it, and it is cached after")
+    return (f"not trained on this machine yet.\n"
+            f"The book's saved run of these settings took {p['wall_seconds'] / 60:.1f} min to train\n"
+            f"on {p['cpu']} ({p['machine']}).\n"
+            "A progress bar follows the training; the run is cached after it.")
 
 
 def get(config: Config, *, replay: bool = True, retrain: bool = False,

@@ -135,4 +135,4 @@ def test_training_time_says_cached_or_the_saved_runs_minutes(tmp_path):
     assert found.provenance["cpu"] in said
     assert "no saved run" in store.training_time(tiny(), tmp_path)
     cached_run(tiny(), tmp_path, progress=False)
-    assert store.training_time(tiny(), tmp_path).startswith("already trained on this machine")
+    assert store.training_time(tiny(), tmp_path).startswith("already in this machine's run cache")
