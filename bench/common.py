@@ -130,7 +130,7 @@ class Supervised(Method):
 def make_method(name: str, cfg: Config, device: torch.device) -> Method:
     """The start of ``cfg``'s run (``odc_mini.build``) with method ``name`` ("supervised": the
     true classes as fixed targets), set up (ODC: initial clustering) and ready to step."""
-    from odc_mini.build import build
+    from odc_mini.run.start import build
 
     start = build(dataclasses.replace(cfg, method="odc" if name == "supervised" else name), device)
     method = start.method

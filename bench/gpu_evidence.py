@@ -50,7 +50,8 @@ import torch
 from gpu_run import ensure_data, write
 
 import odc_mini
-from odc_mini import experiments, runfolder, saved
+from odc_mini.run import runfolder
+from odc_mini.study import experiments, saved
 from odc_mini.train import TrainingDiverged, train
 
 NAMES = ("full-odc", "full-deepcluster-ref", "full-odc-seed1", "full-deepcluster-ref-seed1")

@@ -50,7 +50,7 @@ def fingerprint(history) -> str:
     import hashlib
 
     import numpy as np
-    from odc_mini.saved import TIMINGS
+    from odc_mini.study.saved import TIMINGS
     digest = hashlib.sha256()
     for key in sorted(history.epoch_keys):
         if key not in TIMINGS:
@@ -62,7 +62,9 @@ def fingerprint(history) -> str:
 
 def child(method: str, data_root: str, tiny: bool) -> None:
     """Train golden seed 0 on this process's kernels; print one JSON line."""
-    from odc_mini import Config, experiments, kernels, saved, seeds, train
+    from odc_mini import Config, train
+    from odc_mini.run import kernels
+    from odc_mini.study import experiments, saved, seeds
     name = f"golden-{method}"
     if kernels.is_pinned():
         kernels.apply_in_process()
@@ -87,7 +89,8 @@ def child(method: str, data_root: str, tiny: bool) -> None:
 def pinned_exact(method: str, env: dict, data_root: str, work: Path, tiny: bool) -> dict:
     """The exact check, started from a process with ``env``. ``tiny``: the pinned path on the
     synthetic set, reported by its fingerprint (equal across rows: the path ignores ``env``)."""
-    from odc_mini import kernels, saved
+    from odc_mini.run import kernels
+    from odc_mini.study import saved
     name = f"golden-{method}"
     if tiny:
         t0 = time.perf_counter()

@@ -1,6 +1,7 @@
 """DeepCluster (Caron et al., ECCV 2018): the *alternating* baseline that ODC improves on.
 
-Every epoch (spec §10):
+Every epoch (Caron et al., Sec. 3; OpenSelfSup ``DeepClusterHook.deepcluster``, facebookresearch
+``deepcluster/main.py``):
 
 1. extract the features of all N images with the current network (eval mode, no augmentation);
 2. PCA to ``pca_dim`` dimensions with whitening, then L2-normalise every row;
@@ -19,9 +20,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from . import distributed
-from .kmeans import cluster, l2_normalize, pca_whiten
-from .method import Method
+from .kmeans import cluster_means, l2_normalize, pca_whiten
+from .method import Method, Step
 
 
 def uniform_cluster_sampler(labels: torch.Tensor, num_samples: int,
@@ -59,27 +59,30 @@ def match_cluster_ids(previous: torch.Tensor, current: torch.Tensor, num_cluster
 class DeepCluster(Method):
     name = "deepcluster"
 
-    def __init__(self, model, images, cfg, generator):
-        super().__init__(model, images, cfg, generator)
-        n = self.num_samples
-        self.labels = torch.zeros(n, dtype=torch.long, device=images.device)
+    def __init__(self, model, images, cfg, generator, **precision):
+        super().__init__(model, images, cfg, generator, **precision)
+        n, device = self.num_samples, images.device
+        self.register_buffer("labels", torch.zeros(n, dtype=torch.long, device=device))
         # Labels of the previous clustering, renamed into the ids of the one before it, so that
         # "did this sample change cluster?" is meaningful across epochs (-1: no previous one).
-        self.matched_labels = torch.full((n,), -1, dtype=torch.long, device=images.device)
-        self.previous_matched = torch.full((n,), -1, dtype=torch.long, device=images.device)
-        self.centroids = torch.zeros(cfg.num_clusters, cfg.feat_dim, device=images.device)
+        self.register_buffer("matched_labels", torch.full((n,), -1, dtype=torch.long, device=device))
+        self.register_buffer("previous_matched", torch.full((n,), -1, dtype=torch.long,
+                                                            device=device))
+        self.register_buffer("centroids", torch.zeros(cfg.num_clusters, cfg.feat_dim, device=device))
 
-    def setup(self, progress: bool = False) -> None:
+    def setup(self) -> None:
         """Nothing to cluster yet: DeepCluster clusters at the start of every epoch."""
-        self.progress = progress
+
+    def start_epoch(self, epoch: int) -> torch.Tensor:
+        """Cluster (steps 1-4 above), then visit the clusters uniformly (step 5)."""
+        self.cluster(epoch)
+        return uniform_cluster_sampler(self.labels, self.num_samples, self.generator)
 
     def cluster(self, epoch: int) -> None:
         """Steps 1-4 above."""
         z = self.embed().neck
-        x = l2_normalize(pca_whiten(z, self.cfg.pca_dim))
-        _, labels = cluster(x, self.cfg.num_clusters, n_iter=self.cfg.kmeans_iters,
-                           seed=self.cfg.seed + epoch)
-        distributed.broadcast_(labels)   # several ranks: all take rank 0's clustering
+        labels = self.kmeans_labels(l2_normalize(pca_whiten(z, self.cfg.pca_dim)),
+                                    seed=self.cfg.seed + epoch)
         if self.matched_labels[0] >= 0:
             self.previous_matched = self.matched_labels
             mapping = match_cluster_ids(self.previous_matched, labels, self.cfg.num_clusters)
@@ -89,27 +92,19 @@ class DeepCluster(Method):
         self.labels = labels
         # Centroids for the drift measure: means of the unit neck features (the space ODC's
         # centroids live in), in matched ids, so that drift compares like with like.
-        unit = l2_normalize(z)
-        sums = torch.zeros_like(self.centroids).index_add_(0, self.matched_labels, unit)
-        counts = torch.bincount(self.matched_labels, minlength=self.cfg.num_clusters).clamp(min=1)
-        self.centroids = sums / counts.unsqueeze(1)
+        self.centroids = cluster_means(l2_normalize(z), self.matched_labels, self.cfg.num_clusters)[0]
         self.model.head.reset_parameters()
         # The head's momentum is 0, so no optimiser state refers to the old head.
 
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
-        self.cluster(epoch)
-        return uniform_cluster_sampler(self.labels, self.num_samples, self.generator)
-
-    def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> Step:
         _, logits = self.forward(x)
-        out = self.sgd_step(logits, self.labels[idx])
+        loss, acc, finite = self.sgd_step(logits, self.labels[idx])
         # Churn as ODC measures it: the fraction of the batch whose label differs from the one
-        # it had before (here: in the previous clustering, after matching ids). NaN in epoch 0.
+        # it had before (here: in the previous clustering, after matching ids). NaN in epoch 1.
         prev = self.previous_matched[idx]
         changed = (self.matched_labels[idx] != prev).float().mean()
-        out["change_ratio"] = torch.where(prev[0] >= 0, changed, torch.full_like(changed, float("nan")))
-        self.iteration += 1
-        return out
+        return Step(loss, acc, torch.where(prev[0] >= 0, changed, torch.full_like(changed, float("nan"))),
+                    finite)
 
     def pseudo_labels(self) -> torch.Tensor:
         return self.matched_labels
@@ -117,12 +112,3 @@ class DeepCluster(Method):
     def drift_centroids(self) -> torch.Tensor:
         # Already in matched ids (Hungarian matching on label overlap, see ``cluster``).
         return self.centroids.clone()
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "labels": self.labels, "matched_labels": self.matched_labels,
-                "previous_matched": self.previous_matched, "centroids": self.centroids}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        for key in ("labels", "matched_labels", "previous_matched", "centroids"):
-            setattr(self, key, state[key].to(self.device))

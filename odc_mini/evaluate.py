@@ -22,6 +22,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor
 
+from .kmeans import cluster_means, l2_normalize
+
 __all__ = [
     "nmi",
     "ari",
@@ -160,7 +162,7 @@ def centroid_drift(prev: Tensor, cur: Tensor, match: bool) -> float:
 
 
 def label_centroids(features: Tensor, labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor]:
-    """((K, D) mean of the unit-length ``features`` of each cluster, (K,) cluster sizes).
+    """((K, D) float64 mean of the unit-length ``features`` of each cluster, (K,) cluster sizes).
 
     An empty cluster's centroid is all zeros (its size says it is empty). This is how the book
     measures drift *alike* for both methods: centroids of the current network's features under
@@ -169,12 +171,8 @@ def label_centroids(features: Tensor, labels: Tensor, num_clusters: int) -> tupl
     if features.ndim != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"features must be (N, D) and labels (N,), got {tuple(features.shape)} "
                          f"and {tuple(labels.shape)}")
-    unit = features.double() / (features.double().norm(dim=1, keepdim=True) + 1e-10)
     labels = torch.as_tensor(labels, device=features.device).long()
-    sums = torch.zeros(num_clusters, features.shape[1], dtype=torch.float64,
-                       device=features.device).index_add_(0, labels, unit)
-    counts = torch.bincount(labels, minlength=num_clusters)
-    return sums / counts.clamp(min=1).unsqueeze(1), counts
+    return cluster_means(l2_normalize(features.double()), labels, num_clusters)
 
 
 # --------------------------------------------------------------------------

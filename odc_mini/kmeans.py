@@ -1,24 +1,22 @@
-"""K-means and PCA whitening: the readable torch version, and FAISS where speed matters.
+"""Clustering: one k-means for both methods on every device, and DeepCluster's PCA whitening.
 
-DeepCluster re-clusters the whole training set every epoch, and ODC initialises its centroids
-with one k-means run. Both call :func:`cluster`, which takes
+ODC initialises its memory with one k-means run; DeepCluster re-clusters every epoch. Both call
+:func:`cluster`, one algorithm with the settings of the reference code (OpenSelfSup
+``openselfsup/third_party/clustering.py``, ``Kmeans``; facebookresearch ``deepcluster/clustering.py``):
+Lloyd's iterations from **K distinct data points drawn at random with the seed**, every point
+used (no subsampling), exact squared-L2 assignment, empty clusters refilled by splitting a large
+one. Two programs implement it:
 
-* **FAISS** on the CPU: the library the reference code (and DeepCluster's) clusters with,
-  several times faster there than any k-means written in torch (``bench/kmeans_vs_faiss.py``),
-  with the reference's settings (random initial centroids drawn from the seed, no subsampling,
-  exact L2 search, large clusters split to refill empty ones);
-* :func:`kmeans`, written here in torch, on a GPU, where the features already are.
+* :func:`faiss_kmeans` on the CPU: FAISS, the library the reference clusters with, several times
+  faster there than any k-means written in torch (``bench/kmeans_vs_faiss.py``);
+* :func:`torch_kmeans` on a GPU, where the features already are: the textbook Lloyd algorithm
+  the book reads (1. every point goes to its nearest centroid; 2. every centroid moves to the
+  mean of its points), with the same initialisation rule and FAISS's way of splitting clusters.
+  Its random draws differ from FAISS's, so the two agree in quality (inertia), not label for
+  label (``tests/test_kmeans.py``).
 
-:func:`kmeans` is the textbook Lloyd algorithm the book reads:
-
-1. assignment: every point goes to its nearest centroid (squared L2);
-2. update: every centroid moves to the mean of its points (summed in float64);
-
-with k-means++ seeding and FAISS-style splitting of large clusters to refill empty ones.
-``pca_whiten`` reproduces the preprocessing DeepCluster applies before k-means (FAISS
-``PCAMatrix`` with ``eigen_power=-0.5``).
-
-Shapes: N points, D feature dimensions, K clusters.
+``pca_whiten`` is the preprocessing DeepCluster applies before k-means (FAISS ``PCAMatrix`` with
+``eigen_power=-0.5``). Shapes: N points, D feature dimensions, K clusters.
 """
 
 from __future__ import annotations
@@ -26,16 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = [
-    "cluster",
-    "faiss_kmeans",
-    "kmeans",
-    "nearest_centroid",
-    "inertia",
-    "l2_normalize",
-    "pca_whiten",
-    "PCAWhitening",
-]
+__all__ = ["cluster", "cluster_means", "cluster_sums", "faiss_kmeans", "inertia", "l2_normalize",
+           "pca_whiten", "PCAWhitening", "torch_kmeans"]
 
 # Largest number of float32 entries in one (rows x K) distance block.
 # On a GPU, big blocks amortise kernel-launch overhead and 2**26 floats
@@ -84,42 +74,6 @@ def _rows_per_block(k: int, device: torch.device) -> int:
 # --------------------------------------------------------------------------
 
 
-def nearest_centroid(
-    x: Tensor, centroids: Tensor, x_sq: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Index of and squared distance to the nearest centroid of every point.
-
-    Args:
-        x: (N, D) float32 points.
-        centroids: (K, D) float32 centroids, same device as ``x``.
-        x_sq: optional (N,) precomputed ``(x * x).sum(1)``.
-
-    Returns:
-        labels: (N,) int64, ``argmin_k ||x_i - c_k||^2`` (lowest index on ties).
-        sq_dists: (N,) float32, the corresponding squared distances (>= 0).
-
-    The distances use ||x||^2 - 2 x.c + ||c||^2 so that the heavy part is one
-    matrix multiplication per block of rows (BLAS / cuBLAS), instead of
-    materialising the (N, K, D) differences.  ``torch.cdist`` would compute
-    the same expansion but also takes a square root we do not need.
-    """
-    if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
-        raise ValueError(
-            f"need x (N, D) and centroids (K, D), got {tuple(x.shape)} and "
-            f"{tuple(centroids.shape)}"
-        )
-    if x_sq is None:
-        x_sq = (x * x).sum(dim=1)
-    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    best = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    _assign(x, centroids, labels, best)
-    # ||x||^2 is the same for every centroid, so it was left out of the
-    # argmin; adding it here gives the distance.  Cancellation in the
-    # expansion can give tiny negative values for a point sitting on its
-    # centroid; a squared distance is >= 0.
-    return labels, best.add_(x_sq).clamp_min_(0.0)
-
-
 def _assign(x: Tensor, centroids: Tensor, labels: Tensor, best: Tensor | None = None) -> None:
     """Write ``argmin_k (||c_k||^2 - 2 x_i.c_k)`` into ``labels`` (N,) int64.
 
@@ -142,46 +96,7 @@ def _assign(x: Tensor, centroids: Tensor, labels: Tensor, best: Tensor | None = 
 
 
 # --------------------------------------------------------------------------
-# initialisation
-# --------------------------------------------------------------------------
-
-
-def _sq_dist_to_point(x: Tensor, x_sq: Tensor, c: Tensor) -> Tensor:
-    """(N,) squared distances from every row of ``x`` (N, D) to one point ``c`` (D,)."""
-    # addmv fuses ||x||^2 - 2 x.c into one pass over x (this is memory-bound).
-    return torch.addmv(x_sq, x, c, alpha=-2.0).add_(c @ c).clamp_min_(0.0)
-
-
-def _kmeanspp_init(x: Tensor, x_sq: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """Standard k-means++ seeding (Arthur & Vassilvitskii, 2007). Returns (K, D).
-
-    The first centre is a uniformly random point; every next centre is a point
-    drawn with probability proportional to its squared distance to the
-    nearest centre chosen so far ("D^2 sampling").  Unlike scikit-learn we
-    draw one candidate per step (no "greedy" best-of-several trials): simpler,
-    and Lloyd iterations fix the small difference in quality.
-
-    Cost: K sequential matrix-vector products over ``x``, i.e. about as many
-    flops as one Lloyd iteration, but memory-bound.
-    """
-    n, d = x.shape
-    centres = torch.empty(k, d, dtype=x.dtype, device=x.device)
-    first = torch.randint(n, (1,), generator=gen, device=x.device)  # (1,)
-    centres[0:1] = x.index_select(0, first)
-    closest = _sq_dist_to_point(x, x_sq, centres[0])  # (N,)
-    for i in range(1, k):
-        # If every point coincides with a chosen centre (fewer than K distinct
-        # points), all weights are 0 and multinomial would fail: fall back to
-        # uniform sampling.  torch.where keeps this on the device (no sync).
-        weights = torch.where(closest.sum() > 0, closest, torch.ones_like(closest))
-        idx = torch.multinomial(weights, 1, generator=gen)  # (1,), stays on device
-        centres[i : i + 1] = x.index_select(0, idx)
-        closest = torch.minimum(closest, _sq_dist_to_point(x, x_sq, centres[i]))
-    return centres
-
-
-# --------------------------------------------------------------------------
-# update step
+# empty clusters
 # --------------------------------------------------------------------------
 
 
@@ -228,89 +143,41 @@ def _split_clusters(centroids: Tensor, counts: Tensor, gen: torch.Generator) -> 
         counts.index_add_(0, j, -half)
 
 
-def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> Tensor:
-    """(K, D) float64 sums of the points of every cluster.
+def cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """((K, D) sums of the rows of each cluster in x's dtype, (K,) int64 cluster sizes).
 
-    ``index_add_`` sums the rows of each cluster in O(N D); a one-hot (K, N)
-    matrix times ``x`` would cost O(N K D), as much as the assignment step.
-    It runs in x's dtype (float32: a float64 copy of x would double the
-    memory) and the result is widened to float64 for the division.  (On
-    CUDA, ``index_add_`` uses atomic float adds, so the last bits can differ
-    from run to run.)
+    ``index_add_`` sums the rows of each cluster in O(N D); a one-hot (K, N) matrix times ``x``
+    would cost O(N K D), as much as an assignment step. (On CUDA, ``index_add_`` uses atomic
+    float adds, so the last bits can differ from run to run.)
     """
-    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
-    return sums.index_add_(0, labels, x).double()
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    return sums, torch.bincount(labels, minlength=k)
 
 
-def _centroids_from_sums(
-    sums: Tensor, labels: Tensor, k: int, gen: torch.Generator
-) -> tuple[Tensor, bool]:
-    """Lloyd update: each centroid becomes the mean of its points.
-
-    Args:
-        sums: (K, D) float64 sums of the points of each cluster.
-        labels: (N,) int64 assignments in [0, K) that ``sums`` reflects.
-        k: number of clusters K.
-        gen: generator used to pick donors for empty clusters.
-
-    Returns:
-        centroids: (K, D) float32 (the float64 mean, rounded once).
-        had_empty: whether some cluster was empty and had to be re-seeded.
-    """
-    counts = torch.bincount(labels, minlength=k)  # (K,)
-    centroids = (sums / counts.clamp_min(1).unsqueeze(1)).float()
-    had_empty = bool((counts == 0).any())
-    if had_empty:
-        _split_clusters(centroids, counts, gen)
-    return centroids, had_empty
+def cluster_means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """((K, D) mean of the rows of each cluster in x's dtype, (K,) cluster sizes); an empty
+    cluster's mean is all zeros (its size says it is empty)."""
+    sums, counts = cluster_sums(x, labels, k)
+    return sums / counts.clamp(min=1).unsqueeze(1), counts
 
 
 # --------------------------------------------------------------------------
-# public k-means
+# the k-means
 # --------------------------------------------------------------------------
 
 
-def kmeans(
-    x: Tensor,
-    k: int,
-    n_iter: int = 20,
-    seed: int = 0,
-    init: str = "kmeans++",
-    init_centroids: Tensor | None = None,
-    return_n_iter: bool = False,
-) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, int]:
-    """Cluster the rows of ``x`` into ``k`` groups with Lloyd's k-means.
+def torch_kmeans(x: Tensor, k: int, n_iter: int = 20, seed: int = 0,
+                 init_centroids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means on the rows of ``x`` (N, D), any device, computed in float32.
 
-    Args:
-        x: (N, D) floating-point points, any device.  Computation is float32.
-        k: number of clusters, 1 <= k <= N.
-        n_iter: maximum number of Lloyd iterations (assignment + update).  The
-            loop stops earlier once the assignment no longer changes, which
-            gives exactly the same result as running the remaining iterations.
-        seed: seeds a ``torch.Generator`` on x's device, used by the
-            initialisation and by empty-cluster splitting.  The same seed on
-            the same device gives the same result (on CUDA up to the last
-            bits of the float sums, see ``_update_centroids``); CPU and CUDA
-            random streams differ, so results differ across devices.
-        init: "kmeans++" (D^2 sampling) or "random" (k distinct rows of x).
-            Ignored when ``init_centroids`` is given.
-        init_centroids: optional (K, D) starting centroids, e.g. the previous
-            epoch's centroids to warm-start.
-        return_n_iter: also return the number of iterations run.
+    Starts from ``k`` distinct rows of ``x`` drawn with ``seed`` (a generator on x's device;
+    the rule FAISS follows), or from ``init_centroids`` (K, D). Runs at most ``n_iter``
+    iterations of assignment + update and stops early once the assignment no longer changes
+    (which gives exactly what the remaining iterations would). Empty clusters are refilled
+    after every update by splitting a large one (``_split_clusters``).
 
-    Returns:
-        centroids: (K, D) float32 on x's device.
-        labels: (N,) int64 on x's device.  ``labels`` is the nearest-centroid
-            assignment w.r.t. the *returned* centroids, so the two are always
-            consistent (the final update is followed by one more assignment).
-        n_iter: only with ``return_n_iter``: the number of Lloyd iterations
-            run, counted as scikit-learn's ``KMeans.n_iter_`` counts them (an
-            early stop at the first iteration whose assignment equals the
-            previous one counts that iteration).
-
-    Empty clusters are re-seeded after every update by splitting a large
-    cluster in two (see ``_split_clusters``), so with N >= K distinct points
-    clusters are almost never empty at the end.
+    Returns (K, D) float32 centroids and (N,) int64 labels on x's device; the labels are the
+    nearest centroid of every point w.r.t. the *returned* centroids.
     """
     _check_points(x)
     n, d = x.shape
@@ -318,51 +185,42 @@ def kmeans(
         raise ValueError(f"k must satisfy 1 <= k <= N, got k={k}, N={n}")
     if n_iter < 0:
         raise ValueError(f"n_iter must be >= 0, got n_iter={n_iter}")
-
     x = x.float()  # no copy when already float32
     gen = torch.Generator(device=x.device).manual_seed(seed)
-
-    if init_centroids is not None:
+    if init_centroids is None:
+        centroids = x.index_select(0, torch.randperm(n, generator=gen, device=x.device)[:k])
+    else:
         _check_points(init_centroids, "init_centroids")
         if tuple(init_centroids.shape) != (k, d):
-            raise ValueError(
-                f"init_centroids must have shape (k, D) = {(k, d)}, "
-                f"got {tuple(init_centroids.shape)}"
-            )
+            raise ValueError(f"init_centroids must have shape (k, D) = {(k, d)}, "
+                             f"got {tuple(init_centroids.shape)}")
         centroids = init_centroids.to(device=x.device, dtype=torch.float32).clone()
-    elif init == "kmeans++":
-        centroids = _kmeanspp_init(x, (x * x).sum(dim=1), k, gen)
-    elif init == "random":
-        rows = torch.randperm(n, generator=gen, device=x.device)[:k]
-        centroids = x.index_select(0, rows)
-    else:
-        raise ValueError(f"init must be 'kmeans++' or 'random', got init={init!r}")
-
-    # Two label buffers, swapped every iteration: the assignment w.r.t. the
-    # current centroids and the previous one, for the convergence test.
+    # Two label buffers, swapped every iteration: the assignment w.r.t. the current centroids
+    # and the previous one, for the convergence test.
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     prev_labels = torch.full_like(labels, -1)
-    prev_had_empty = False
-    for it in range(n_iter):
-        _assign(x, centroids, labels)
-        if torch.equal(labels, prev_labels) and not prev_had_empty:
-            # Converged: the centroids are already the means of these exact
-            # clusters (no split happened), so further iterations change nothing.
-            return (centroids, labels, it + 1) if return_n_iter else (centroids, labels)
-        sums = _cluster_sums(x, labels, k)
-        centroids, prev_had_empty = _centroids_from_sums(sums, labels, k, gen)
+    split = False
+    for _ in range(n_iter):
+        _assign(x, centroids, labels)                                     # 1. assignment
+        if torch.equal(labels, prev_labels) and not split:
+            return centroids, labels   # converged: the centroids are these clusters' means
+        sums, counts = cluster_sums(x, labels, k)                         # 2. update
+        centroids = (sums.double() / counts.clamp_min(1).unsqueeze(1)).float()
+        split = bool((counts == 0).any())
+        if split:
+            _split_clusters(centroids, counts, gen)
         labels, prev_labels = prev_labels, labels
     _assign(x, centroids, labels)
-    return (centroids, labels, n_iter) if return_n_iter else (centroids, labels)
+    return centroids, labels
 
 
 def cluster(x: Tensor, k: int, n_iter: int = 20, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """k-means as the methods run it: :func:`faiss_kmeans` when ``x`` is on the CPU,
-    :func:`kmeans` (torch) on a GPU. Returns (K, D) float32 centroids and (N,) int64 labels
-    (the nearest centroid of every point) on x's device."""
+    """The k-means both methods run (see the module notes): :func:`faiss_kmeans` when ``x`` is on
+    the CPU, :func:`torch_kmeans` on a GPU. Returns (K, D) float32 centroids and (N,) int64
+    labels (the nearest centroid of every point) on x's device."""
     if x.device.type == "cpu":
         return faiss_kmeans(x, k, n_iter=n_iter, seed=seed)
-    return kmeans(x, k, n_iter=n_iter, seed=seed)
+    return torch_kmeans(x, k, n_iter=n_iter, seed=seed)
 
 
 def faiss_kmeans(x: Tensor, k: int, n_iter: int = 20, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ from .data import ImageSet, stratified_subset
 from .evaluate import (ari, centroid_drift, hungarian_accuracy, knn_accuracy, label_centroids,
                        linear_probe, nmi)
 from .history import History
+from .kmeans import l2_normalize
 from .method import Method, embed_images
 
 
@@ -51,7 +52,7 @@ class Recorder:
         t0 = time.perf_counter()
         train_emb = self.method.embed()   # shared with the method's next clustering
         test_emb = embed_images(self.method.model, self.test_set.images, cfg.eval_batch_size,
-                                precision=self.method.precision)
+                                autocast=self.method.autocast)
         out["knn_top1"] = knn_accuracy(train_emb.backbone, self.train_set.labels, test_emb.backbone,
                                        self.test_set.labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
         if cfg.linear_probe and (epoch == 0 or final):
@@ -62,8 +63,7 @@ class Recorder:
         # so an interval that is no multiple of ``eval_interval`` still gives snapshots).
         taken = self.history.snapshot_epochs
         if epoch == 0 or final or not taken or epoch - taken[-1] >= cfg.snapshot_interval:
-            snap = train_emb.neck[self.snapshot_indices.to(train_emb.neck.device)]
-            snap = snap / (snap.norm(dim=1, keepdim=True) + 1e-10)
+            snap = l2_normalize(train_emb.neck[self.snapshot_indices.to(train_emb.neck.device)])
             self.history.set_array(f"snapshot_features/{epoch}", snap.cpu().numpy().astype(np.float16))
         out["eval_seconds"] = time.perf_counter() - t0
         return out

@@ -10,7 +10,7 @@ import sys
 import torch
 from torch import nn
 
-from odc_mini import distributed
+from odc_mini.run import distributed
 
 
 def main() -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from odc_mini import Config, distributed, runfolder, train
-from odc_mini.runfolder import Run
+from odc_mini import Config, train
+from odc_mini.run import distributed, runfolder
+from odc_mini.run.runfolder import Run
 
 
 def count_calls(owner, name: str, counter: list) -> None:

@@ -91,8 +91,8 @@ def test_gpu_evidence_tiny_on_cpu(tmp_path):
     that experiment's config (with the tiny overrides) and a 2-epoch history compacted as the
     experiment keeps it, and results.json's kNN is the history's last evaluated one."""
     import tarfile
-    from odc_mini import experiments
-    from odc_mini.runfolder import read_config
+    from odc_mini.study import experiments
+    from odc_mini.run.runfolder import read_config
     names = ["full-odc", "full-deepcluster-ref", "full-odc-seed1", "full-deepcluster-ref-seed1"]
     tiny = dict(dataset="synthetic", arch="small_cnn", subset=600, epochs=2, num_clusters=10,
                 min_cluster=5, batch_size=64, eval_batch_size=300, snapshot_size=100,

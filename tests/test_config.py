@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from odc_mini import Config
-from odc_mini import __main__ as cli
+from odc_mini.study import cli
 from odc_mini.augment import AugmentConfig
 from odc_mini.config import AUGMENT_REFERENCE, RUNTIME_FIELDS
 

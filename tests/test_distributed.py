@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from odc_mini import load_run, runfolder
+from odc_mini import load_run
+from odc_mini.run import runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import odc_mini
-from odc_mini import Config, TrainingDiverged, load_run, runfolder, train
-from odc_mini import __main__ as cli
+from odc_mini import Config, TrainingDiverged, load_run, train
+from odc_mini.run import runfolder
+from odc_mini.study import cli
 from odc_mini import train as _train_function  # noqa: F401  (the module is shadowed by it)
 from odc_mini.method import Method
 

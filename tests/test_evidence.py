@@ -4,7 +4,8 @@ snapshots, recomputed here with numpy)."""
 import numpy as np
 import pytest
 
-from odc_mini import Config, evidence, train
+from odc_mini import Config, train
+from odc_mini.study import analysis
 from odc_mini.history import History
 
 TINY = dict(profile="quick", dataset="synthetic", subset=240, epochs=5, batch_size=40, lr=0.05,
@@ -24,24 +25,24 @@ def fake(knn: float, churn: float = 0.1) -> History:
 def test_verdicts_count_the_seeds_paired():
     a = {0: fake(0.50), 1: fake(0.41), 2: fake(0.46)}
     b = {0: fake(0.48), 1: fake(0.40), 2: fake(0.45)}
-    c = evidence.compare(a, b, "knn_top1")
+    c = analysis.compare(a, b, "knn_top1")
     np.testing.assert_allclose(c.differences, [0.02, 0.01, 0.01])
     assert c.verdict == "higher in all 3 seeds"
-    assert evidence.compare(b, a, "knn_top1").verdict == "lower in all 3 seeds"
+    assert analysis.compare(b, a, "knn_top1").verdict == "lower in all 3 seeds"
     # unpaired, a's mean is higher, but seed 1 goes the other way: no verdict
     b[1] = fake(0.42)
-    assert evidence.compare(a, b, "knn_top1").verdict == "within seed noise"
-    s = evidence.compare(a, b, "knn_top1").sentence("ODC", "DeepCluster")
+    assert analysis.compare(a, b, "knn_top1").verdict == "within seed noise"
+    s = analysis.compare(a, b, "knn_top1").sentence("ODC", "DeepCluster")
     assert s.startswith("kNN top-1 is within seed noise between ODC and DeepCluster")
     assert "+0.7 points on average; per seed -1.0 points to +2.0 points" in s
     # only the seeds both groups have are compared, and one is too few
     with pytest.raises(ValueError, match="at least 2 seeds"):
-        evidence.compare({0: fake(0.5)}, {0: fake(0.4), 1: fake(0.4)}, "knn_top1")
+        analysis.compare({0: fake(0.5)}, {0: fake(0.4), 1: fake(0.4)}, "knn_top1")
 
 
 def test_table_gives_mean_and_sample_sd_per_group():
     groups = {"A": {0: fake(0.50), 1: fake(0.40)}, "B": {0: fake(0.30), 1: fake(0.20)}}
-    header, rows = evidence.table(groups, metrics=("knn_top1", "churn"), compare_to="A")
+    header, rows = analysis.table(groups, metrics=("knn_top1", "churn"), compare_to="A")
     assert header == ["measure", "A (2 seeds)", "B (2 seeds)", "B vs A"]
     sd = np.std([0.5, 0.4], ddof=1)
     assert rows[0] == ["kNN top-1", f"45.0 ± {100 * sd:.1f}%", f"25.0 ± {100 * sd:.1f}%",

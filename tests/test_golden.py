@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from odc_mini import experiments, kernels, saved, seeds, train
+from odc_mini import train
+from odc_mini.run import kernels
+from odc_mini.study import experiments, saved, seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -50,8 +50,8 @@ def test_the_wheel_ships_the_saved_runs_and_their_index(wheel_env):
     import zipfile
     _, wheel, _ = wheel_env
     names = zipfile.ZipFile(wheel).namelist()
-    assert "odc_mini/saved_runs/index.json" in names
-    assert any(n.startswith("odc_mini/saved_runs/ablation-base/") for n in names)
+    assert "odc_mini/study/saved_runs/index.json" in names
+    assert any(n.startswith("odc_mini/study/saved_runs/ablation-base/") for n in names)
     assert not any("/tests/" in n or n.startswith("book/") for n in names)
 
 

@@ -61,7 +61,7 @@ def test_fp16_with_a_gradient_scaler_trains_and_resumes_bit_identically(method, 
     with pytest.raises(KeyboardInterrupt):
         train(tiny(method=method, precision="fp16", **FP16_SIZE), progress=False, out=out,
               callback=stop_after_first)
-    from odc_mini import runfolder
+    from odc_mini.run import runfolder
     state = runfolder.read_checkpoint(out / runfolder.CHECKPOINT)
     assert state["method"]["scaler"]["scale"] > 0          # the loss scale is checkpointed
     resumed = train(tiny(method=method, precision="fp16", **FP16_SIZE), progress=False, out=out,

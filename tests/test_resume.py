@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from odc_mini import Config, load_run, train
-from odc_mini import runfolder
+from odc_mini.run import runfolder
 from odc_mini.history import History
 
 ROOT = Path(__file__).resolve().parents[1]

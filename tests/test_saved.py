@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from odc_mini import Config, experiments, saved, train
+from odc_mini import Config, train
+from odc_mini.study import experiments, saved
 from odc_mini.evaluate import nmi
-from odc_mini.experiments import Experiment
+from odc_mini.study.experiments import Experiment
 from odc_mini.history import History
 
 SYNTHETIC = dict(method="odc", profile="quick", dataset="synthetic", subset=300, epochs=4,
@@ -90,7 +91,7 @@ def test_summary_matches_a_recomputation(tiny_run):
 
 
 def test_results_table_shows_each_runs_numbers(tiny_run):
-    from odc_mini import notebook as nbk
+    from odc_mini.study import notebook as nbk
     h = tiny_run.history
     other = saved.load("quick-deepcluster").history
     html = nbk.results_table({"tiny": h, "dc": other}, churn_from=2).data
@@ -201,7 +202,7 @@ def test_cli_lists_and_refuses_unknown_names():
 
 
 def test_cli_saves_a_run_trained_elsewhere(tiny_run, registry, tmp_path, capsys):
-    from odc_mini.__main__ import main
+    from odc_mini.study.cli import main
     tiny_run.save(tmp_path / "trained", state=False)
     code = main(["experiment", "tiny", "--from", str(tmp_path / "trained"),
                  "--saved-dir", str(tmp_path / "saved"), "--note", "torch=9.9"])

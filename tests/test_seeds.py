@@ -6,7 +6,7 @@ import statistics
 import numpy as np
 import pytest
 
-from odc_mini import seeds
+from odc_mini.study import seeds
 from odc_mini.history import History
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import odc_mini
-from odc_mini import store
-from odc_mini.store import cache_path, cache_status
+from odc_mini.study import store
+from odc_mini.study.store import cache_path, cache_status
 
 
 def cached_run(config, cache_dir, **kwargs):
@@ -106,8 +106,8 @@ def test_callback_sees_every_epoch_as_it_is_recorded(tmp_path):
 
 
 def test_the_saved_run_of_the_same_identity_comes_first(tmp_path, monkeypatch):
-    from odc_mini import experiments, saved
-    from odc_mini.experiments import Experiment
+    from odc_mini.study import experiments, saved
+    from odc_mini.study.experiments import Experiment
     values = tiny().identity()
     monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", Experiment("tiny", values, "a test run"))
     trained = cached_run(tiny(), tmp_path / "cache", progress=False)

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from odc_mini import notebook, viz  # noqa: E402
+from odc_mini.study import notebook, viz# noqa: E402
 from odc_mini.history import History  # noqa: E402
 
 

@@ -22,7 +22,11 @@ the whole batch:
 * **DeepCluster** extracts features in shards, gathers them, and every rank uses rank 0's k-means.
 * **Rank 0 alone** writes checkpoints and the finished run and shows progress bars.
 
-With one process every function here is a no-op, and the layers are never swapped in.
+The methods themselves are written for one process; :func:`data_parallel` derives the variant
+that does the above from a method class, by overriding its hooks (``global_batch``,
+``kmeans_labels``, ``extract``, ``loss``, ``train_step``) and its memory's (``update_centroids``,
+``deal_with_small_clusters``). With one process every function here is a no-op, and neither the
+layers nor the variants are used.
 """
 from __future__ import annotations
 
@@ -33,6 +37,9 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..memory import ODCMemory
+from ..method import Embedding, Step, embed_images
 
 
 def is_distributed() -> bool:
@@ -213,12 +220,13 @@ class ShardedDropout(nn.Dropout):
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Swap every BatchNorm and Dropout of ``model`` (on the CPU) for the sharded versions, in
-    place (same parameters and buffers, so the state dict keys do not change). Returns ``model``."""
+    """Swap every BatchNorm and Dropout of ``model`` for the sharded versions, in place (same
+    parameters and buffers, so the state dict keys do not change). Returns ``model``."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            device = next(iter([*child.parameters(), *child.buffers()])).device
             new = ShardedBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                   child.track_running_stats)
+                                   child.track_running_stats, device=device)
             new.load_state_dict(child.state_dict())
             if child.affine:   # keep the very Parameter objects
                 new.weight, new.bias = child.weight, child.bias
@@ -229,3 +237,75 @@ def convert(model: nn.Module) -> nn.Module:
         else:
             convert(child)
     return model
+
+
+# ------------------------------------------------------------------------------ methods
+
+class ReplicatedMemory(ODCMemory):
+    """The ODC memory of one rank: every rank applies the same updates; centroids and the labels
+    of a split are rank 0's, so that the rounding of parallel reductions cannot make ranks drift."""
+
+    def update_centroids(self, clusters: torch.Tensor | None = None) -> None:
+        super().update_centroids(clusters)
+        broadcast_(self.centroids)
+
+    def deal_with_small_clusters(self) -> int:
+        handled = super().deal_with_small_clusters()
+        if handled:
+            broadcast_(self.labels)
+            self.recount()
+        return handled
+
+
+def data_parallel(method_class: type) -> type:
+    """The variant of ``method_class`` (ODC or DeepCluster) that trains as one of several ranks."""
+
+    class DataParallel(method_class):
+        memory_class = ReplicatedMemory
+
+        def __init__(self, model, *args, **kwargs):
+            convert(model)           # global-batch BN and dropout (the same parameters)
+            super().__init__(model, *args, **kwargs)
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            try:   # buffers are not broadcast: the global-batch BN keeps them equal on every rank
+                ddp = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
+            except TypeError:   # torch before forward_sync_buffers
+                ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+            object.__setattr__(self, "forward_model", ddp)
+
+        def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> Step:
+            """Every rank augmented the whole global batch; each trains on its share, and the
+            step's numbers are the global batch's (the same on every rank)."""
+            b, world = x.shape[0], world_size()
+            share = slice(rank() * b // world, (rank() + 1) * b // world)
+            with sharded_step():
+                step = super().train_step(x[share], idx[share])
+            row = sum_(torch.stack([step.loss, step.acc, step.change_ratio,
+                                    step.finite.to(step.loss.dtype)])) / world
+            return Step(row[0], row[1], row[2], row[3] == 1)
+
+        def global_batch(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(gather_cat(t) for t in tensors)
+
+        def kmeans_labels(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+            return broadcast_(super().kmeans_labels(x, seed))     # rank 0's clustering
+
+        def extract(self) -> Embedding:
+            n = self.num_samples      # each rank extracts its shard, then all gather the whole
+            part = embed_images(self.model, self.images[shard(n)], self.cfg.eval_batch_size,
+                                self.progress, desc=f"{self.name}: extract", autocast=self.autocast)
+            return Embedding(gather_rows(part.backbone, n), gather_rows(part.neck, n))
+
+        def loss(self, logits, target, weight):
+            if weight is None:
+                return super().loss(logits, target, weight)
+            # Divide by the weight sum of the global batch: DDP's average of the ranks' losses
+            # is then the single-process weighted mean.
+            per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none")
+            w = weight[target]
+            total = sum_(w.sum().detach().clone())
+            return (w * per_sample).sum() / total * world_size()
+
+    DataParallel.__name__ = DataParallel.__qualname__ = f"DataParallel{method_class.__name__}"
+    return DataParallel

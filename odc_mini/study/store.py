@@ -23,13 +23,15 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from . import runfolder, saved
-from .build import resolve_device
-from .config import Config
-from .history import History
-from .runfolder import Run
-from .train import train
-from .version import __version__
+from ..run import runfolder
+
+from . import saved
+from ..run.start import resolve_device
+from ..config import Config
+from ..history import History
+from ..run.runfolder import Run
+from ..run.session import train
+from ..version import __version__
 
 CACHE_ENV = "ODC_CACHE"
 KEY_FILE = "cache_key.json"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .history import History
+from ..history import History
 from .saved import summary
 
 # The measures the comparisons cover: (summary key, what it is, higher is better or None when

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import experiments, kernels
-from .config import Config
-from .history import History
-from .runfolder import Run, provenance, read_config
+from . import experiments
+
+from ..run import kernels
+from ..config import Config
+from ..history import History
+from ..run.runfolder import Run, provenance, read_config
 
 SAVED_DIR = Path(__file__).with_name("saved_runs")
 INDEX = "index.json"

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Config
+from ..config import Config
 
 # The quick profile of odc_mini 0.3 and earlier (10 epochs). The golden runs and the 50,000-image
 # CPU runs were trained with it and keep it, whatever the profile is now.

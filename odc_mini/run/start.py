@@ -12,20 +12,27 @@ this way holds the very network and memory the training loop would.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import distributed
-from .config import Config
-from .data import ImageSet, load_dataset
-from .deepcluster import DeepCluster
-from .method import Method, recalibrate_batchnorm
-from .models import ClusterNet
-from .odc import ODC
+from ..config import Config
+from ..data import load_dataset
+from ..deepcluster import DeepCluster
+from ..method import recalibrate_batchnorm
+from ..models import ClusterNet
+from ..odc import ODC
+from ..train import Start
+from .precision import passes
 
 METHOD_CLASSES = {"odc": ODC, "deepcluster": DeepCluster}
+
+
+def method_class(name: str) -> type:
+    """The class of method ``name``; on several processes, its data-parallel variant."""
+    from . import distributed
+    cls = METHOD_CLASSES[name]
+    return distributed.data_parallel(cls) if distributed.is_distributed() else cls
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,22 +65,8 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: Config, device: torch.device) -> ClusterNet:
     """The config's network on ``device`` (drawn from the global RNG)."""
     model = ClusterNet.of(cfg)
-    if distributed.is_distributed():   # global-batch BN and dropout in training steps
-        distributed.convert(model)
     # channels_last: faster convolutions on GPUs and, measured here, on the CPU too (1.7x).
     return model.to(device, memory_format=torch.channels_last)
-
-
-@dataclass
-class Start:
-    """What a run holds before its first step."""
-    config: Config
-    device: torch.device
-    train_set: ImageSet              # images (N, 3, H, W) uint8 and labels, on ``device``
-    test_set: ImageSet
-    model: ClusterNet
-    method: Method
-    generators: dict[str, torch.Generator]   # by name; checkpoints save each one's state
 
 
 def build(config: Config, device: torch.device | str | None = None, *,
@@ -94,8 +87,10 @@ def build(config: Config, device: torch.device | str | None = None, *,
         "augment": torch.Generator(device=device).manual_seed(cfg.seed),
         "order": torch.Generator().manual_seed(cfg.seed),   # colour-op order: host side, no sync
     }
+    precision = passes(device, cfg.precision)
     if recalibrate and cfg.recalibrate_bn:
         # before the baseline's evaluation too: the random network at its best
-        recalibrate_batchnorm(model, train_set.images, cfg.eval_batch_size, cfg.precision)
-    method = METHOD_CLASSES[cfg.method](model, train_set.images, cfg, generators["sampler"])
+        recalibrate_batchnorm(model, train_set.images, cfg.eval_batch_size, precision["autocast"])
+    method = method_class(cfg.method)(model, train_set.images, cfg, generators["sampler"],
+                                      **precision)
     return Start(cfg, device, train_set, test_set, model, method, generators)

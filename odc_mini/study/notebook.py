@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from .store import default_cache_dir
-from .config import Config, default_profile
-from .data import DATA_ENV, NPZ_NAME
+from ..config import Config, default_profile
+from ..data import DATA_ENV, NPZ_NAME
 
 
 def in_colab() -> bool:

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .history import History
-from .memory import ODCMemory
-from .models import ClusterNet
-from .version import __version__
+from ..config import Config
+from ..history import History
+from ..memory import ODCMemory
+from ..models import ClusterNet
+from ..version import __version__
 
 RUN_FILES = ("config.json", "history.npz", "model.pt", "memory.npz")
 CHECKPOINT = "checkpoint.pt"

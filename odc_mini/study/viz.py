@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .history import History
+from ..history import History
 
 COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "random": "#7f7f7f"}
 NAMES = {"odc": "ODC", "deepcluster": "DeepCluster"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
+from ..config import Config
 
 
 class TrainingDiverged(FloatingPointError):

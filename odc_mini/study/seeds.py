@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .history import History
+from ..history import History
 
 # The per-epoch metrics compared, with their floors (same units as the metric: accuracies and
 # churn as fractions, NMI in [0, 1], loss in nats, drift as an L2 distance between unit vectors).
