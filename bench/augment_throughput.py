@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms

@@ -72,7 +72,7 @@ sys.path.insert(0, str(REPO))   # run from a clone without installing
 
 from odc_mini.config import Config  # noqa: E402
 from odc_mini.data import load_dataset  # noqa: E402
-from odc_mini.method import Method  # noqa: E402
+from odc_mini.method import Method, Step  # noqa: E402
 
 
 def bench_data(n: int, seed: int = 0, data_root: str | None = None):
@@ -106,29 +106,27 @@ class Supervised(Method):
 
     name = "supervised"
 
-    def __init__(self, model, images, targets: torch.Tensor, cfg: Config, generator):
-        super().__init__(model, images, cfg, generator)
+    def __init__(self, model, images, targets: torch.Tensor, cfg: Config, generator, **precision):
+        super().__init__(model, images, cfg, generator, **precision)
         self.targets = targets.to(images.device)
 
-    def setup(self, progress: bool = False) -> None:
-        self.progress = progress
+    def setup(self) -> None:
+        pass
 
-    def epoch_indices(self, epoch: int) -> torch.Tensor:
+    def start_epoch(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.num_samples, generator=self.generator)
 
-    def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, idx: torch.Tensor) -> Step:
         _, logits = self.forward(x)
-        out = self.sgd_step(logits, self.targets[idx])
-        out["change_ratio"] = torch.zeros((), device=x.device)
-        self.iteration += 1
-        return out
+        loss, acc, finite = self.sgd_step(logits, self.targets[idx])
+        return Step(loss, acc, torch.zeros((), device=x.device), finite)
 
     def pseudo_labels(self) -> torch.Tensor:
         return self.targets
 
 
 def make_method(name: str, cfg: Config, device: torch.device) -> Method:
-    """The start of ``cfg``'s run (``odc_mini.build``) with method ``name`` ("supervised": the
+    """The start of ``cfg``'s run (``odc_mini.run.start.build``) with method ``name`` ("supervised": the
     true classes as fixed targets), set up (ODC: initial clustering) and ready to step."""
     from odc_mini.run.start import build
 
@@ -136,9 +134,10 @@ def make_method(name: str, cfg: Config, device: torch.device) -> Method:
     method = start.method
     if name == "supervised":
         method = Supervised(start.model, start.train_set.images, start.train_set.labels, cfg,
-                            start.generators["sampler"])
+                            start.generators["sampler"], autocast=method.autocast,
+                            scaler=method.scaler)
     if cfg.compile:
-        method.compile()
+        object.__setattr__(method, "forward_model", torch.compile(method.forward_model))
     method.setup()
     start.model.train()
     return method

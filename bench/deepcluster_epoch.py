@@ -43,7 +43,7 @@ def run(n: int, repeats: int, device: torch.device, tiny: bool = False) -> dict:
 
         def go():
             t0 = time.perf_counter()
-            order = method.epoch_indices(method.iteration // iters + 1).to(device)
+            order = method.start_epoch(method.iteration // iters + 1).to(device)
             if name == "deepcluster":       # the clustering part of the epoch, timed on its own
                 synchronize(device)
                 parts["cluster"].append(time.perf_counter() - t0)

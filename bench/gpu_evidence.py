@@ -52,7 +52,7 @@ from gpu_run import ensure_data, write
 import odc_mini
 from odc_mini.run import runfolder
 from odc_mini.study import experiments, saved
-from odc_mini.train import TrainingDiverged, train
+from odc_mini import TrainingDiverged, train
 
 NAMES = ("full-odc", "full-deepcluster-ref", "full-odc-seed1", "full-deepcluster-ref-seed1")
 # --tiny: the same four configs, small enough for a CPU in well under a minute.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -101,7 +100,7 @@ def throughput(cfg: Config, train_set, device, steps: int, repeats: int) -> dict
     dc = methods["deepcluster"]
     synchronize(device)
     t0 = time.perf_counter()
-    dc.epoch_indices(2)
+    dc.start_epoch(2)
     synchronize(device)
     out["deepcluster_cluster_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

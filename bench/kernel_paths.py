@@ -4,7 +4,7 @@ For each kernel path (environment variables set before torch loads, as another p
 choose them) and each method, in fresh processes:
 
 * the **seed-noise check**: golden seed 0 trained on that path, located in the spread of the
-  other nine seeds (``odc_mini.seeds``); also whether its bits equal the saved run's;
+  other nine seeds (``odc_mini.study.seeds``); also whether its bits equal the saved run's;
 * the **exact check**: the pinned run started from a process with that environment
   (``python -m odc_mini experiment golden-<method>``), compared bit for bit with the saved run;
 * the time of each, and their ratio (pinned / own kernels).

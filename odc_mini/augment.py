@@ -33,25 +33,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .config import AUGMENT_REFERENCE as _REFERENCE
 
-__all__ = [
-    "CIFAR_MEAN",
-    "CIFAR_STD",
-    "LUMA_WEIGHTS",
-    "AugmentConfig",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
-    "augment",
-    "normalize",
-    "to_grayscale",
-]
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "LUMA_WEIGHTS", "AugmentConfig", "adjust_brightness",
+           "adjust_contrast", "adjust_hue", "adjust_saturation", "augment", "normalize",
+           "to_grayscale"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)   # per-channel mean of CIFAR-10 train, RGB in [0, 1]
 CIFAR_STD = (0.2470, 0.2435, 0.2616)    # per-channel std
@@ -223,7 +214,7 @@ def adjust_hue(x: torch.Tensor, shift) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def _crop_boxes(b: int, height: int, width: int, cfg: AugmentConfig,
-                generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+                rand: Callable[..., torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Random crop boxes drawn like torchvision's ``RandomResizedCrop.get_params``.
 
     Area fraction ~ U(crop_scale), aspect ratio log-uniform in crop_ratio; a box that does
@@ -231,14 +222,12 @@ def _crop_boxes(b: int, height: int, width: int, cfg: AugmentConfig,
     all 10 tries of all images are drawn at once and each image takes its first box that
     fits; an image with none falls back (like torchvision) to the largest centred box with
     an allowed aspect ratio. Unlike torchvision, sizes and positions are not rounded to whole
-    pixels: bilinear sampling does not need that.
+    pixels: bilinear sampling does not need that. ``rand(*shape)`` draws uniform numbers in
+    [0, 1) from the batch's generator.
 
     Returns:
         top, left, h, w: each (B,) float32, in pixels.
     """
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=device)
-
     area = height * width
     lo_s, hi_s = cfg.crop_scale
     log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
@@ -285,14 +274,10 @@ def _affine_matrices(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: 
     """
     sign = 1.0 - 2.0 * flip.to(w.dtype)              # -1 flips, +1 keeps
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.empty(w.shape[0], 2, 3, dtype=w.dtype, device=w.device)
-    theta[:, 0, 0] = sign * cos * w / width
-    theta[:, 0, 1] = -sin * h / width
-    theta[:, 1, 0] = sign * sin * w / height
-    theta[:, 1, 1] = cos * h / height
-    theta[:, 0, 2] = (left + w / 2) * 2 / width - 1   # box centre, normalised
-    theta[:, 1, 2] = (top + h / 2) * 2 / height - 1
-    return theta
+    # Each row: the two linear coefficients, then the box centre, normalised.
+    row_x = [sign * cos * w / width, -sin * h / width, (left + w / 2) * 2 / width - 1]
+    row_y = [sign * sin * w / height, cos * h / height, (top + h / 2) * 2 / height - 1]
+    return torch.stack([torch.stack(row_x, dim=1), torch.stack(row_y, dim=1)], dim=1)
 
 
 def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -307,6 +292,32 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     t = theta[:, :, :, None, None]                                         # (B, 2, 3, 1, 1)
     grid = t[:, :, 0] * xs[None, None, None, :] + t[:, :, 1] * ys[None, None, :, None] + t[:, :, 2]
     return grid.permute(0, 2, 3, 1)                                        # (B, H, W, 2)
+
+
+def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, u: torch.Tensor, order: list[int],
+                   do_jitter: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue jitter of (B, 3, H, W) images in [0, 1], in the
+    batch's ``order``, with factors from ``u`` (4, B) uniform in [0, 1), kept where
+    ``do_jitter`` (B,). Each op is skipped when its strength is 0 (so that e.g. hue=0 is
+    exactly the identity, not an HSV round trip)."""
+    def factor(strength: float, row: torch.Tensor) -> torch.Tensor:
+        lo = max(0.0, 1.0 - strength)
+        return lo + (1.0 + strength - lo) * row                               # (B,)
+
+    ops = [
+        (cfg.brightness, lambda y: adjust_brightness(y, factor(cfg.brightness, u[0]))),
+        (cfg.contrast, lambda y: adjust_contrast(y, factor(cfg.contrast, u[1]))),
+        (cfg.saturation, lambda y: adjust_saturation(y, factor(cfg.saturation, u[2]))),
+        (cfg.hue, lambda y: adjust_hue(y, cfg.hue * (2 * u[3] - 1))),
+    ]
+    if cfg.jitter_p == 0 or not any(strength > 0 for strength, _ in ops):
+        return x
+    jittered = x
+    for i in order:
+        strength, op = ops[i]
+        if strength > 0:
+            jittered = op(jittered)
+    return torch.where(do_jitter[:, None, None, None], jittered, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +367,7 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         return torch.rand(*shape, generator=generator, device=device)
 
     # All random numbers, drawn in a fixed order whatever the config.
-    top, left, h, w = _crop_boxes(b, height, width, cfg, generator, device)
+    top, left, h, w = _crop_boxes(b, height, width, cfg, rand)
     flip = rand(b) < cfg.flip_p                                               # (B,) bool
     angle = math.radians(cfg.rotation_degrees) * (2 * rand(b) - 1)            # (B,) radians
     do_jitter = rand(b) < cfg.jitter_p                                        # (B,) bool
@@ -375,27 +386,8 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     grid = _affine_grid(theta, height, width)                                  # (B, H, W, 2)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    # 2. Colour jitter. Each op is skipped when its strength is 0 (so that e.g. hue=0 is
-    # exactly the identity, not an HSV round trip).
-    def factor(strength: float, row: torch.Tensor) -> torch.Tensor:
-        lo = max(0.0, 1.0 - strength)
-        return lo + (1.0 + strength - lo) * row                               # (B,)
-
-    ops = [
-        (cfg.brightness, lambda y: adjust_brightness(y, factor(cfg.brightness, u[0]))),
-        (cfg.contrast, lambda y: adjust_contrast(y, factor(cfg.contrast, u[1]))),
-        (cfg.saturation, lambda y: adjust_saturation(y, factor(cfg.saturation, u[2]))),
-        (cfg.hue, lambda y: adjust_hue(y, cfg.hue * (2 * u[3] - 1))),
-    ]
-    if cfg.jitter_p > 0 and any(strength > 0 for strength, _ in ops):
-        jittered = x
-        for i in order:
-            strength, op = ops[i]
-            if strength > 0:
-                jittered = op(jittered)
-        x = torch.where(do_jitter[:, None, None, None], jittered, x)
-
-    # 3. Grayscale, kept as 3 channels so the network input shape does not change.
+    # 2. Colour jitter, 3. grayscale (kept as 3 channels so the input shape does not change).
+    x = _colour_jitter(x, cfg, u, order, do_jitter)
     if cfg.grayscale_p > 0:
         x = torch.where(do_gray[:, None, None, None], to_grayscale(x).expand_as(x), x)
 

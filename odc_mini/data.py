@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -30,24 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import SYNTHETIC_DEFAULT
+from .config import DATASETS, SYNTHETIC_DEFAULT   # DATASETS: the names load_dataset accepts
+from .files import atomic_write
 
-__all__ = [
-    "DATA_ENV",
-    "DATASETS",
-    "ImageSet",
-    "default_root",
-    "load_cifar10",
-    "load_dataset",
-    "stratified_subset",
-    "synthetic_images",
-]
+__all__ = ["DATA_ENV", "DATASETS", "ImageSet", "default_root", "load_cifar10", "load_dataset",
+           "stratified_subset", "synthetic_images"]
 
 DATA_ENV = "ODC_DATA"
 """Environment variable naming the data folder (the one holding ``cifar10.npz``)."""
-
-DATASETS = ("cifar10", "synthetic")
-"""Names accepted by :func:`load_dataset`."""
 
 NPZ_NAME = "cifar10.npz"
 TORCHVISION_FOLDER = "cifar-10-batches-py"   # what torchvision's CIFAR10 extracts into root
@@ -144,25 +133,6 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _write_npz_atomic(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` with np.savez so that a crash never leaves a half file.
-
-    We write a temporary file in the same folder (so os.replace is a same-filesystem rename,
-    which is atomic) and only rename it to ``path`` once it is complete.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        # Passing an open file (not a name) stops np.savez from appending ".npz" to the name.
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _from_torchvision(root: pathlib.Path, download: bool) -> dict[str, np.ndarray]:
     """CIFAR-10 via torchvision (downloading it if asked), as the arrays of ``cifar10.npz``."""
     import torchvision   # imported lazily: only this slow first-time path needs it
@@ -213,7 +183,7 @@ def load_cifar10(root: str | os.PathLike | None = None,
                 f"decode the project's copy into {path} (see data/README.md) or set ${DATA_ENV} "
                 f"to a folder holding {NPZ_NAME}") from None
         try:   # cache the conversion; failing to (read-only folder) must not stop training
-            _write_npz_atomic(path, arrays)
+            atomic_write(path, lambda f: np.savez(f, **arrays))
         except OSError as e:
             warnings.warn(f"could not cache CIFAR-10 as {path}: {e}", stacklevel=2)
     else:
@@ -356,15 +326,6 @@ def synthetic_images(num_classes: int = 10, per_class: int = 100, size: int = 32
 # Entry point used by training
 # ---------------------------------------------------------------------------------------------
 
-def _cifar_test_size(subset: int) -> int:
-    """Test-set size used with a train subset: a fifth of it, at least 1000, at most 10000.
-
-    At least 1000 so that kNN/linear accuracy is not too noisy (1 image = 0.1 %);
-    a fifth so that evaluation stays cheap relative to training for small subsets.
-    """
-    return min(CIFAR_SIZES["test"], max(1000, subset // 5))
-
-
 def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None,
                  seed: int = 0, download: bool = False) -> tuple[ImageSet, ImageSet]:
     """(train, test) ImageSets for ``name`` in :data:`DATASETS`.
@@ -389,7 +350,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
                 raise ValueError(f"subset={subset} is larger than the CIFAR-10 train set "
                                  f"({len(train)} images)")
             train = train.subset(stratified_subset(train.labels, subset, seed))
-            n_test = min(len(test), _cifar_test_size(subset))   # the cap matters for small files only
+            # The test subset: a fifth of the train subset so that evaluation stays cheap, but
+            # at least 1000 so that kNN/linear accuracy is not too noisy (1 image = 0.1 %), and
+            # at most 10,000 (len(test) is smaller only in the tests' small files).
+            n_test = min(len(test), CIFAR_SIZES["test"], max(1000, subset // 5))
             test = test.subset(stratified_subset(test.labels, n_test, seed))
         return train, test
 
@@ -398,10 +362,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
     num_classes = 10
     n_train = SYNTHETIC_DEFAULT if subset is None else subset
     n_test = max(num_classes, n_train // 5)
-    sets = []
-    for n, s in ((n_train, seed), (n_test, seed + 10_000)):
+
+    def generate(n: int, s: int) -> ImageSet:
         ds = synthetic_images(num_classes, per_class=math.ceil(n / num_classes), seed=s)
-        if len(ds) != n:
-            ds = ds.subset(stratified_subset(ds.labels, n, s))
-        sets.append(ds)
-    return sets[0], sets[1]
+        return ds if len(ds) == n else ds.subset(stratified_subset(ds.labels, n, s))
+    return generate(n_train, seed), generate(n_test, seed + 10_000)

@@ -3,8 +3,8 @@
 Two kinds of questions are asked in this project:
 
 * How good is a clustering?  ``nmi``, ``ari`` and ``hungarian_accuracy``
-  compare pseudo-labels with the CIFAR-10 classes; ``match_centroids`` and
-  ``centroid_drift`` measure how much the clustering moves between epochs.
+  compare pseudo-labels with the CIFAR-10 classes; ``centroid_drift`` and
+  ``label_centroids`` measure how much the clustering moves between epochs.
 * How good are the features?  ``knn_accuracy`` (weighted k-NN, no training)
   and ``linear_probe`` (logistic regression) on frozen features
   (``method.embed_images`` extracts them).
@@ -24,16 +24,8 @@ from torch import Tensor
 
 from .kmeans import cluster_means, l2_normalize
 
-__all__ = [
-    "nmi",
-    "ari",
-    "hungarian_accuracy",
-    "match_centroids",
-    "centroid_drift",
-    "label_centroids",
-    "knn_accuracy",
-    "linear_probe",
-]
+__all__ = ["nmi", "ari", "hungarian_accuracy", "centroid_drift", "label_centroids",
+           "knn_accuracy", "linear_probe"]
 
 
 # --------------------------------------------------------------------------
@@ -114,51 +106,16 @@ def hungarian_accuracy(pred, true) -> float:
 # --------------------------------------------------------------------------
 
 
-def match_centroids(prev: Tensor, cur: Tensor) -> Tensor:
-    """One-to-one matching of two centroid sets by minimum total L2 distance.
-
-    Args:
-        prev: (K, D) centroids of the previous epoch.
-        cur: (K, D) centroids of the current epoch.
-
-    Returns:
-        perm: (K,) int64 on prev's device, such that ``cur[perm[j]]`` is the
-        centroid matched to ``prev[j]``; ``cur[perm]`` is ``cur`` re-ordered
-        into prev's cluster ids.  The (K, K) distances are computed in
-        float64 and solved on the CPU with scipy's Hungarian solver
-        (O(K^3): instant for K = 1000, about a minute for K = 10000).
+def centroid_drift(prev: Tensor, cur: Tensor) -> float:
+    """Mean distance ``mean_k ||cur_k - prev_k||`` between two (K, D) centroid sets whose ids
+    name the same clusters. ODC's ids persist (cluster k at one epoch *is* cluster k at the
+    next); DeepCluster's k-means ids are an arbitrary permutation each time, so its clusters are
+    renamed after the previous ones by label overlap first (``deepcluster.match_cluster_ids``).
     """
     if prev.ndim != 2 or prev.shape != cur.shape:
-        raise ValueError(
-            f"prev and cur must both be (K, D), got {tuple(prev.shape)} and {tuple(cur.shape)}"
-        )
-    cost = torch.cdist(prev.double(), cur.double().to(prev.device))  # (K, K)
-    _, cols = linear_sum_assignment(cost.cpu().numpy())  # rows come back as 0..K-1
-    return torch.as_tensor(cols, dtype=torch.long, device=prev.device)
-
-
-def centroid_drift(prev: Tensor, cur: Tensor, match: bool) -> float:
-    """Mean distance ``mean_k ||cur_k - prev_k||`` between two centroid sets.
-
-    Args:
-        prev, cur: (K, D) centroids of two consecutive epochs.
-        match: re-order ``cur`` with ``match_centroids`` first.
-
-    Why the flag: ODC updates its centroids in place, so cluster k at one
-    epoch *is* cluster k at the next and ``match=False`` measures the real
-    movement.  DeepCluster re-runs k-means from scratch every epoch, so its
-    cluster ids are an arbitrary permutation each time; without matching the
-    "drift" would mostly measure that permutation.  ``match=True`` compares
-    each old centroid with its closest new counterpart instead.
-    """
-    if prev.ndim != 2 or prev.shape != cur.shape:
-        raise ValueError(
-            f"prev and cur must both be (K, D), got {tuple(prev.shape)} and {tuple(cur.shape)}"
-        )
-    cur = cur.to(prev.device)
-    if match:
-        cur = cur[match_centroids(prev, cur)]
-    return float((cur.double() - prev.double()).norm(dim=1).mean())
+        raise ValueError(f"prev and cur must both be (K, D), got {tuple(prev.shape)} and "
+                         f"{tuple(cur.shape)}")
+    return float((cur.to(prev.device).double() - prev.double()).norm(dim=1).mean())
 
 
 def label_centroids(features: Tensor, labels: Tensor, num_clusters: int) -> tuple[Tensor, Tensor]:
@@ -193,16 +150,9 @@ def _check_features(feats: Tensor, labels: Tensor, name: str) -> None:
 
 
 @torch.no_grad()
-def knn_accuracy(
-    train_feats: Tensor,
-    train_labels: Tensor,
-    test_feats: Tensor,
-    test_labels: Tensor,
-    k: int = 200,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-    chunk: int = 1024,
-) -> float:
+def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
+                 k: int = 200, temperature: float = 0.07, num_classes: int | None = None,
+                 chunk: int = 1024) -> float:
     """Top-1 accuracy of a weighted k-nearest-neighbour classifier.
 
     The "kNN monitor" of Wu et al. (InstDisc, 2018), used since by most
@@ -249,17 +199,9 @@ def knn_accuracy(
     return float(correct) / test.shape[0]
 
 
-def linear_probe(
-    train_feats: Tensor,
-    train_labels: Tensor,
-    test_feats: Tensor,
-    test_labels: Tensor,
-    epochs: int = 100,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 512,
-    seed: int = 0,
-) -> float:
+def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor,
+                 epochs: int = 100, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 batch_size: int = 512, seed: int = 0) -> float:
     """Test top-1 accuracy of a logistic-regression classifier on frozen features.
 
     Choices, all aimed at "simple, fast, deterministic, no tuning":

@@ -63,6 +63,14 @@ def _check_points(x: Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} contains NaN or Inf values")
 
 
+def _check_k(x: Tensor, k: int) -> tuple[int, int]:
+    """(N, D) of the points ``x`` (checked as above), once ``k`` clusters fit them."""
+    _check_points(x)
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k must satisfy 1 <= k <= N, got k={k}, N={x.shape[0]}")
+    return x.shape
+
+
 def _rows_per_block(k: int, device: torch.device) -> int:
     """Rows of ``x`` to process at once so that a (rows, k) block fits the budget."""
     budget = _MAX_BLOCK_ELEMS_CPU if device.type == "cpu" else _MAX_BLOCK_ELEMS_GPU
@@ -179,10 +187,7 @@ def torch_kmeans(x: Tensor, k: int, n_iter: int = 20, seed: int = 0,
     Returns (K, D) float32 centroids and (N,) int64 labels on x's device; the labels are the
     nearest centroid of every point w.r.t. the *returned* centroids.
     """
-    _check_points(x)
-    n, d = x.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= N, got k={k}, N={n}")
+    n, d = _check_k(x, k)
     if n_iter < 0:
         raise ValueError(f"n_iter must be >= 0, got n_iter={n_iter}")
     x = x.float()  # no copy when already float32
@@ -228,10 +233,7 @@ def faiss_kmeans(x: Tensor, k: int, n_iter: int = 20, seed: int = 0) -> tuple[Te
     points drawn with ``seed``, every point used (no subsampling), exact L2 search, empty
     clusters refilled by splitting large ones. Returns (K, D) float32 centroids and (N,) int64
     labels on x's device."""
-    _check_points(x)
-    n, d = x.shape
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= N, got k={k}, N={n}")
+    n, d = _check_k(x, k)
     try:
         import faiss
     except ImportError:
@@ -260,10 +262,8 @@ def inertia(x: Tensor, centroids: Tensor, labels: Tensor) -> float:
         blocks of rows, accumulated in float64.
     """
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
-        raise ValueError(
-            f"need x (N, D) and centroids (K, D), got {tuple(x.shape)} and "
-            f"{tuple(centroids.shape)}"
-        )
+        raise ValueError(f"need x (N, D) and centroids (K, D), got {tuple(x.shape)} and "
+                         f"{tuple(centroids.shape)}")
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape (N,) = ({x.shape[0]},), got {tuple(labels.shape)}")
     total = torch.zeros((), dtype=torch.float64, device=x.device)

@@ -5,7 +5,8 @@
 * ``resnet18``: the CIFAR variant of ResNet-18 (3x3 stem with stride 1, no max-pool), 512-d
   output; the full profile uses it on a GPU.
 
-The neck and head follow the ODC reference (spec §2): Linear(C, 512) -> BN (no affine) -> ReLU
+The neck and head follow the ODC reference (OpenSelfSup ``NonLinearNeckV0`` and ``ClsHead`` in
+``configs/selfsup/odc/r50_v1.py``): Linear(C, 512) -> BN (no affine) -> ReLU
 -> Dropout(0.5) -> Linear(512, 256) -> ReLU, then Linear(256, K) with N(0, 0.01^2) weights.
 Both methods use the very same network, so the comparison differs only in how pseudo-labels
 are made.
@@ -16,23 +17,21 @@ import torch
 from torch import nn
 import torchvision
 
-ARCHS = ("small_cnn", "resnet18")
-
 
 class Sobel(nn.Module):
     """DeepCluster's fixed input filter: grey level, then horizontal and vertical Sobel edges.
     (B, 3, H, W) -> (B, 2, H, W). No parameters are learned.
 
     Colour is the first thing a random network clusters by, and colour jitter makes such
-    clusters impossible to predict; edges survive the jitter (spec §10.8).
+    clusters impossible to predict; edges survive the jitter (Caron et al., Sec. 4;
+    OpenSelfSup ``openselfsup/models/utils/sobel.py``).
     """
 
     def __init__(self):
         super().__init__()
-        grey = torch.full((1, 3, 1, 1), 1.0 / 3.0)
         edges = torch.tensor([[[1., 0., -1.], [2., 0., -2.], [1., 0., -1.]],
                               [[1., 2., 1.], [0., 0., 0.], [-1., -2., -1.]]]).unsqueeze(1)
-        self.register_buffer("grey", grey)
+        self.register_buffer("grey", torch.full((1, 3, 1, 1), 1.0 / 3.0))
         self.register_buffer("edges", edges)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,14 +80,14 @@ class WithSobel(nn.Sequential):
         self.out_dim = backbone.out_dim
 
 
+# Each arch and its backbone, built with the number of input channels (2 behind the Sobel filter).
+BACKBONES = {"small_cnn": SmallCNN, "resnet18": resnet18_cifar}
+
+
 def build_backbone(arch: str, sobel: bool = False) -> nn.Module:
-    channels = 2 if sobel else 3
-    if arch == "small_cnn":
-        net = SmallCNN(channels)
-    elif arch == "resnet18":
-        net = resnet18_cifar(channels)
-    else:
-        raise ValueError(f"unknown arch {arch!r}; accepted: {', '.join(ARCHS)}")
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown arch {arch!r}; accepted: {', '.join(BACKBONES)}")
+    net = BACKBONES[arch](2 if sobel else 3)
     # Reference init: Kaiming-normal (fan_in, ReLU) convolutions, BN weight 1 and bias 0.
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
@@ -103,7 +102,7 @@ class Neck(nn.Module):
     """ODC's non-linear neck (OpenSelfSup ``NonLinearNeckV0``): (B, C) -> (B, out_dim), >= 0.
 
     The BN has no affine parameters. The reference's BN momentum 0.001 suits 2,500 iterations per
-    epoch on ImageNet; CIFAR runs have ~40-200, so the default here is 0.01 (spec §13).
+    epoch on ImageNet; CIFAR runs have ~40-200, so the default here is 0.01.
     """
 
     def __init__(self, in_dim: int, hid_dim: int = 512, out_dim: int = 256, bn_momentum: float = 0.01):

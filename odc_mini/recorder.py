@@ -42,9 +42,10 @@ class Recorder:
         history.set_array("targets", self.targets.astype(np.int16))
         history.set_array("snapshot_indices", self.snapshot_indices.numpy())
         history.set_array("snapshot_targets", self.targets[self.snapshot_indices.numpy()].astype(np.int16))
-        self.previous_labels: np.ndarray | None = None
-        self.previous_centroids: torch.Tensor | None = None
-        self.previous_feature_centroids: tuple[torch.Tensor, torch.Tensor] | None = None
+        # What the next evaluation compares against (absent before the first): the labels and
+        # drift centroids of the previous epoch, the current-feature centroids and cluster sizes
+        # of the previous evaluation. Tensors only: this dict is the recorder's checkpoint.
+        self.previous: dict[str, torch.Tensor] = {}
 
     def measure_features(self, epoch: int, final: bool) -> dict[str, float]:
         """kNN (and linear probe when asked) on frozen backbone features; feature snapshot."""
@@ -94,34 +95,26 @@ class Recorder:
             self.method.embed().neck, torch.from_numpy(labels).to(self.method.device),
             cfg.num_clusters) if evaluated and epoch > 0 else None   # epoch 0: DeepCluster has
         # no labels yet, so both methods start from their first evaluation after training begins
-        if self.previous_labels is not None:
-            out["nmi_previous"] = nmi(labels, self.previous_labels)
-            out["relabelled"] = float((labels != self.previous_labels).mean())
-            # Ids persist in ODC and are already matched for DeepCluster (label overlap), so no
-            # further matching by distance here.
-            out["drift"] = centroid_drift(self.previous_centroids, centroids, match=False)
+        before = self.previous
+        if "labels" in before:
+            previous_labels = before["labels"].numpy()
+            out["nmi_previous"] = nmi(labels, previous_labels)
+            out["relabelled"] = float((labels != previous_labels).mean())
+            # Ids persist in ODC and are already matched for DeepCluster (label overlap).
+            out["drift"] = centroid_drift(before["centroids"], centroids)
         if feature_centroids is not None:
-            if self.previous_feature_centroids is not None:   # None: an older checkpoint
-                (before, n_before), (now, n_now) = self.previous_feature_centroids, feature_centroids
-                both = (n_before > 0) & (n_now > 0)
-                out["feature_drift"] = centroid_drift(before[both], now[both], match=False)
-            self.previous_feature_centroids = feature_centroids
-        self.previous_labels, self.previous_centroids = labels, centroids
+            now, n_now = feature_centroids
+            if "feature_centroids" in before:
+                both = (before["feature_sizes"] > 0) & (n_now > 0)
+                out["feature_drift"] = centroid_drift(before["feature_centroids"][both], now[both])
+            before.update(feature_centroids=now, feature_sizes=n_now)
+        before.update(labels=torch.from_numpy(labels), centroids=centroids)
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        """What the next epoch's measurements compare against."""
-        labels = None if self.previous_labels is None else torch.from_numpy(self.previous_labels)
-        return {"previous_labels": labels, "previous_centroids": self.previous_centroids,
-                "previous_feature_centroids": self.previous_feature_centroids}
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.previous)
 
-    def load_state_dict(self, state: dict) -> None:
-        labels = state["previous_labels"]
-        self.previous_labels = None if labels is None else labels.numpy()
-        centroids = state["previous_centroids"]
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         device = self.train_set.images.device
-        self.previous_centroids = None if centroids is None else centroids.to(device)
-        feature = state.get("previous_feature_centroids")   # absent in older checkpoints
-        self.previous_feature_centroids = None if feature is None else tuple(
-            t.to(device) for t in feature)
+        self.previous = {k: v if k == "labels" else v.to(device) for k, v in state.items()}

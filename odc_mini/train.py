@@ -22,6 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import AugmentConfig, augment
+from .config import Config
+from .data import ImageSet
 from .history import History
 from .method import Method, Step
 from .recorder import Recorder
@@ -63,10 +65,10 @@ def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, itera
 @dataclass
 class Start:
     """What a run holds before its first step (``odc_mini.run.start.build`` makes it)."""
-    config: object
+    config: Config
     device: torch.device
-    train_set: object                # ImageSet: images (N, 3, H, W) uint8 and labels, on ``device``
-    test_set: object
+    train_set: ImageSet              # images (N, 3, H, W) uint8 and labels, on ``device``
+    test_set: ImageSet
     model: torch.nn.Module
     method: Method
     generators: dict[str, torch.Generator]   # by name: "sampler", "augment", "order"
@@ -82,7 +84,8 @@ class Training:
         self.history, self.progress, self.callback = history, progress, callback
         self.recorder = Recorder(self.cfg, self.method, self.train_set, start.test_set, history)
         self.augment_cfg = AugmentConfig.of(self.cfg)
-        self.iterations = len(self.train_set) // self.cfg.batch_size   # the last partial batch is dropped
+        # the last partial batch of an epoch is dropped
+        self.iterations = len(self.train_set) // self.cfg.batch_size
         self.epoch = 0               # epochs recorded in the history (0: only the initial row)
         self.partial: dict | None = None   # an epoch stopped part-way (see ``run_epoch``)
         self.train_seconds = 0.0

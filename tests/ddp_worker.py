@@ -30,7 +30,7 @@ def count_calls(owner, name: str, counter: list) -> None:
 def main() -> None:
     config, out, dump = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     writes: list = []
-    count_calls(runfolder, "atomic_save", writes)
+    count_calls(runfolder, "write_checkpoint", writes)
     count_calls(Run, "save", writes)
     run = train(Config(**config), progress=False, out=out)
     held = {"model": run.model.state_dict(),

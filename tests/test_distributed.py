@@ -88,9 +88,9 @@ def test_two_processes_equal_one_process_with_the_whole_batch(runs):
 def test_rank_0_alone_writes(runs):
     rank0, rank1 = (r["writes"] for r in runs["ranks"])
     assert rank1 == []
-    assert rank0.count("save") == 1 and rank0.count("atomic_save") == 3   # initial + 2 epochs
+    assert rank0.count("save") == 1 and rank0.count("write_checkpoint") == 3   # initial + 2 epochs
     out = runs["root"] / "out2"
-    names = {"config.json", "history.npz", "model.pt"} | ({"memory.npz"} if runs["method"] == "odc" else set())
+    names = {"config.json", "history.npz", "model.pt"} | ({"memory.pt"} if runs["method"] == "odc" else set())
     assert {p.name for p in out.iterdir()} == names
     run = load_run(out)
     assert run.history.meta["processes"] == 2 and run.history.num_epochs == 2
@@ -122,7 +122,7 @@ CLI_FLAGS = ["train", "--method", "odc", "--dataset", "synthetic", "--subset", "
 def test_torchrun_command_line(tmp_path):
     result = torchrun_cli(*CLI_FLAGS, "--out", str(tmp_path / "run"), cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("odc: saved to") == 1 and result.stdout.count("random init") == 1
+    assert result.stdout.count("odc: saved to") == 1 and result.stdout.count("kNN top-1 (random init") == 1
     run = load_run(tmp_path / "run")
     assert run.config.batch_size == 64 and run.history.num_epochs == 1
     assert run.history.meta["processes"] == 2

@@ -18,7 +18,7 @@ from odc_mini import train as _train_function  # noqa: F401  (the module is shad
 from odc_mini.method import Method
 
 import importlib
-build_module = importlib.import_module("odc_mini.build")
+build_module = importlib.import_module("odc_mini.run.start")
 
 
 def tiny(method="odc", **kw):
@@ -354,10 +354,13 @@ def test_load_run_truncated_or_foreign_weights(saved, tmp_path):
 
 def test_load_run_memory_that_does_not_fit(saved, tmp_path):
     run = copy_run(saved / "done", tmp_path / "run")
-    np.savez(run / "memory.npz", features=np.zeros((200, 128), np.float32),
-             labels=np.full(200, 9), centroids=np.zeros((5, 256), np.float32))
-    assert load_error(run) == (f"{run / 'memory.npz'} does not fit the run of config.json: features "
-                               "(200, 128) float32, expected (N, 256) float32; labels outside 0..4")
+    state = torch.load(run / "memory.pt")
+    torch.save({**state, "features": torch.zeros(200, 128)}, run / "memory.pt")
+    assert load_error(run) == (f"{run / 'memory.pt'} does not fit the memory of the run (200 "
+                               "images, feat_dim=256, num_clusters=5): tensors 1 with another shape "
+                               "(first: features)")
+    torch.save({**state, "labels": torch.full((200,), 9)}, run / "memory.pt")
+    assert load_error(run) == f"{run / 'memory.pt'} holds labels outside 0..4"
 
 
 def test_load_run_of_an_unfinished_or_missing_run(saved, tmp_path):
@@ -401,8 +404,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(method, tmp_path, 
         "size than 50")
     assert (out / "checkpoint.pt").read_bytes() == kept["bytes"]
     state = runfolder.read_checkpoint(out / "checkpoint.pt")
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
-                                       if v.is_floating_point())
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for k, v in state["method"].items()
+                                       if k.startswith("model.") and v.is_floating_point())
     assert not (out / "config.json").exists()
 
 

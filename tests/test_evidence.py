@@ -42,7 +42,7 @@ def test_verdicts_count_the_seeds_paired():
 
 def test_table_gives_mean_and_sample_sd_per_group():
     groups = {"A": {0: fake(0.50), 1: fake(0.40)}, "B": {0: fake(0.30), 1: fake(0.20)}}
-    header, rows = analysis.table(groups, metrics=("knn_top1", "churn"), compare_to="A")
+    header, rows = analysis.table(groups, metrics=("knn_top1", "change_ratio"), compare_to="A")
     assert header == ["measure", "A (2 seeds)", "B (2 seeds)", "B vs A"]
     sd = np.std([0.5, 0.4], ddof=1)
     assert rows[0] == ["kNN top-1", f"45.0 ± {100 * sd:.1f}%", f"25.0 ± {100 * sd:.1f}%",

@@ -1,14 +1,14 @@
 """Golden trajectories: the short quick-profile runs ``golden-odc`` and ``golden-deepcluster``,
 re-trained on real CIFAR-10 and held to their saved runs in two ways, each for what it can show:
 
-* **exact**, on the pinned kernel path (``odc_mini.kernels``) the saved runs were trained on:
+* **exact**, on the pinned kernel path (``odc_mini.run.kernels``) the saved runs were trained on:
   every record and every label bit-identical. It catches any change that moves a number. It
   runs where the pinned path computes what it computed for the saved runs (same torch, and the
   same kernel fingerprint: a hash of fixed torch operations, independent of odc_mini's code);
   elsewhere it is skipped with the reason.
 * **statistical**, on this machine's own kernels (what a reader's run takes): every epoch's loss,
   kNN, linear probe, NMI, churn and drift within the spread of the config's other nine seeds
-  (``odc_mini.seeds``). It holds on any processor, and catches changes of several seeds' spread.
+  (``odc_mini.study.seeds``). It holds on any processor, and catches changes of several seeds' spread.
 """
 import subprocess
 from pathlib import Path

@@ -62,7 +62,8 @@ def test_update_samples_matches_naive_loop(momentum):
     ratio = mem.update_samples(idx, new)
     assert torch.allclose(mem.features, want_f, atol=1e-6)
     assert torch.equal(mem.labels, want_l)
-    assert ratio == pytest.approx(want_ratio)
+    assert isinstance(ratio, torch.Tensor) and ratio.ndim == 0     # no host sync: a 0-d tensor
+    assert ratio.item() == pytest.approx(want_ratio)
     assert torch.allclose(mem.features.norm(dim=1), torch.ones(len(feats)), atol=1e-6)
 
 
@@ -93,8 +94,8 @@ def test_change_ratio_zero_when_nothing_moves_and_in_unit_interval():
     mem = make_memory(feats, labels, 4, momentum=0.5, min_cluster=5)
     idx = torch.arange(0, 200, 3)
     # feeding back the stored features with fixed centroids keeps every (well separated) label
-    assert mem.update_samples(idx, mem.features[idx].clone()) == 0.0
-    ratio = mem.update_samples(idx, torch.rand(len(idx), feats.shape[1]))
+    assert mem.update_samples(idx, mem.features[idx].clone()).item() == 0.0
+    ratio = mem.update_samples(idx, torch.rand(len(idx), feats.shape[1])).item()
     assert 0.0 <= ratio <= 1.0
 
 
@@ -102,7 +103,13 @@ def test_full_centroid_recompute_equals_member_means_and_keeps_empty():
     feats, labels = blobs(seed=6)
     mem = make_memory(feats, labels, 5, min_cluster=0)   # cluster 4 is empty from the start
     mem.centroids[4] = 7.0
+    before = mem.centroids.clone()
     mem.features[::2] = unit(torch.rand(100, feats.shape[1]))   # features move, labels stay
+    # written from outside: the running sums do not know yet, so publishing changes nothing ...
+    mem.update_centroids()
+    assert torch.allclose(mem.centroids, before, atol=1e-6)
+    # ... until a recount
+    mem.recount()
     mem.update_centroids()
     for k in range(4):
         members = mem.features[mem.labels == k]
@@ -183,7 +190,7 @@ def test_running_sums_and_counts_track_the_memory():
     assert torch.equal(mem.counts, torch.bincount(mem.labels, minlength=5))
     assert torch.allclose(mem.sums, direct_sums, atol=1e-10)
     # the published centroids are the member means, computed here independently
-    mem._publish_centroids()
+    mem.update_centroids()
     for k in range(5):
         members = mem.features[mem.labels == k]
         if len(members):
@@ -202,7 +209,7 @@ def test_step_publishes_centroids_every_interval():
     g = torch.Generator().manual_seed(13)
     before = mem.centroids.clone()
     for it in range(1, 7):
-        mem.step(torch.randperm(len(feats), generator=g)[:40], torch.randn(40, 8, generator=g))
+        mem.step(torch.randperm(len(feats), generator=g)[:40], torch.randn(40, 8, generator=g), it)
         if it % 3:
             assert torch.equal(mem.centroids, before), f"centroids moved at iteration {it}"
         else:
@@ -218,11 +225,11 @@ def test_step_repairs_a_small_cluster_one_interval_later():
     mem.check_small_clusters()                        # as ODC.setup does
     # move 40 members of cluster 3 next to cluster 0: cluster 3 falls to 10 < 20 members
     movers = torch.arange(150, 190)
-    _, handled = mem.step(movers, mem.centroids[0].expand(40, -1).clone())
+    _, handled = mem.step(movers, mem.centroids[0].expand(40, -1).clone(), 1)
     assert handled == 0 and int(mem.counts[3]) == 10             # seen, not yet repaired
     before = mem.labels.clone()
     largest = int(mem.cluster_sizes().argmax())                  # cluster 0, with 90 members
-    _, handled = mem.step(torch.tensor([0]), mem.features[:1].clone())
+    _, handled = mem.step(torch.tensor([0]), mem.features[:1].clone(), 2)
     assert handled == 1
     # cluster 3 was disbanded and refilled with a part of the largest cluster
     refill = mem.labels == 3
@@ -231,12 +238,31 @@ def test_step_repairs_a_small_cluster_one_interval_later():
     assert torch.equal(mem.counts, mem.cluster_sizes())
 
 
-def test_state_dict_round_trip_keeps_running_statistics():
+BUFFERS = ("features", "labels", "centroids", "sums", "counts", "small_pending")
+
+
+@pytest.mark.parametrize("min_cluster", [0, 20])
+def test_state_dict_round_trip_keeps_running_statistics(min_cluster):
+    """The state dict is the buffers; a fresh memory loaded from it continues identically. With
+    min_cluster=20 the first step leaves a small cluster pending, which the next step repairs."""
     feats, labels = blobs(seed=15, spread=0.3)
-    mem = make_memory(feats, labels, 4, min_cluster=0)
-    mem.step(torch.arange(30), torch.randn(30, 8))
-    copy = ODCMemory(len(feats), 8, 4, min_cluster=0)
+    mem = make_memory(feats, labels, 4, momentum=1.0, min_cluster=min_cluster)
+    g = torch.Generator().manual_seed(16)
+    # 40 members of cluster 3 move next to centroid 0 (cluster 3 falls to 10 members), 10
+    # other samples get random features
+    idx = torch.cat([torch.arange(150, 190), torch.arange(0, 100, 10)])
+    new = torch.cat([mem.centroids[0].expand(40, -1), torch.randn(10, 8, generator=g)])
+    mem.step(idx, new, 1)
+    assert set(mem.state_dict()) == set(BUFFERS)
+    assert bool(mem.small_pending) == (min_cluster > 0)
+    copy = ODCMemory(len(feats), 8, 4, momentum=1.0, min_cluster=min_cluster)
     copy.load_state_dict(mem.state_dict())
-    for name in ("features", "labels", "centroids", "sums", "counts"):
+    for name in BUFFERS:
         assert torch.equal(getattr(copy, name), getattr(mem, name)), name
-    assert copy.iteration == mem.iteration
+    # one more step with the same batch on both: identical buffers (and the same repair)
+    idx2, new2 = torch.randint(len(feats), (32,), generator=g), torch.randn(32, 8, generator=g)
+    _, handled = mem.step(idx2, new2, 2)
+    _, handled_copy = copy.step(idx2, new2, 2)
+    assert handled == handled_copy == (1 if min_cluster else 0)
+    for name in BUFFERS:
+        assert torch.equal(getattr(copy, name), getattr(mem, name)), name

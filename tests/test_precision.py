@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from odc_mini import Config, train
-from odc_mini.method import autocast, resolve_precision
+from odc_mini.run.precision import autocast, resolve_precision
 
 
 def tiny(**kw):
@@ -63,7 +63,7 @@ def test_fp16_with_a_gradient_scaler_trains_and_resumes_bit_identically(method, 
               callback=stop_after_first)
     from odc_mini.run import runfolder
     state = runfolder.read_checkpoint(out / runfolder.CHECKPOINT)
-    assert state["method"]["scaler"]["scale"] > 0          # the loss scale is checkpointed
+    assert state["method"]["_extra_state"]["scaler"]["scale"] > 0    # the loss scale is checkpointed
     resumed = train(tiny(method=method, precision="fp16", **FP16_SIZE), progress=False, out=out,
                     resume=True)
     for key in ("loss", "acc", "change_ratio"):

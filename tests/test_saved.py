@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from odc_mini import Config, train
-from odc_mini.study import experiments, saved
+from odc_mini.study import analysis, experiments, saved
 from odc_mini.evaluate import nmi
 from odc_mini.study.experiments import Experiment
 from odc_mini.history import History
@@ -74,10 +74,10 @@ def test_save_load_and_find_by_config(tiny_run, registry, tmp_path):
 
 def test_summary_matches_a_recomputation(tiny_run):
     h = tiny_run.history
-    s = saved.summary(h)
+    s = analysis.summary(h)
     # every epoch has the same number of iterations: the mean over iterations is the mean of the
     # per-epoch means
-    assert s["churn"] == pytest.approx(np.nanmean(h.epoch("change_ratio")[1:]), abs=1e-6)
+    assert s["change_ratio"] == pytest.approx(np.nanmean(h.epoch("change_ratio")[1:]), abs=1e-6)
     assert s["nmi_classes"] == pytest.approx(nmi(h.labels(4), h.arrays["targets"]))
     assert s["nmi_previous"] == pytest.approx(nmi(h.labels(3), h.labels(4)))
     assert s["random_knn_top1"] == h.epoch("knn_top1")[0] and s["knn_top1"] == h.epoch("knn_top1")[4]
@@ -85,7 +85,7 @@ def test_summary_matches_a_recomputation(tiny_run):
     assert s["handled"] == sum(v for v in h.epoch("clusters_handled") if v == v)
     assert (s["min_size"], s["max_size"]) == (h.sizes(4).min(), h.sizes(4).max())
     # churn from epoch 3 on: the mean of epochs 3 and 4's per-epoch means
-    assert saved.summary(h, churn_from=3)["churn"] == pytest.approx(
+    assert analysis.summary(h, churn_from=3)["change_ratio"] == pytest.approx(
         np.mean(h.epoch("change_ratio")[3:]), abs=1e-6)
     assert s["relabelled"] == pytest.approx(np.mean(h.labels(4) != h.labels(3)))
 
@@ -94,7 +94,7 @@ def test_results_table_shows_each_runs_numbers(tiny_run):
     from odc_mini.study import notebook as nbk
     h = tiny_run.history
     other = saved.load("quick-deepcluster").history
-    html = nbk.results_table({"tiny": h, "dc": other}, churn_from=2).data
+    html = nbk.html_table(*analysis.results_table({"tiny": h, "dc": other}, churn_from=2)).data
     rows = [r for r in html.split("<tr>")[1:]]
     churn = next(r for r in rows if "mean churn per batch (epoch 2 to the end)" in r)
     assert f"{np.mean(h.epoch('change_ratio')[2:]):.1%}" in churn
@@ -178,7 +178,7 @@ def test_committed_saved_run(name):
             normalized_mutual_info_score(targets, h.labels(last)), abs=1e-6)
         assert np.bincount(h.labels(last), minlength=run.config.num_clusters).tolist() == \
             h.sizes(last).tolist()
-    assert 0 <= saved.summary(h)["churn"] <= 1
+    assert 0 <= analysis.summary(h)["change_ratio"] <= 1
 
 
 def test_the_index_names_every_saved_run_by_its_key():

@@ -128,7 +128,7 @@ def test_the_saved_run_of_the_same_identity_comes_first(tmp_path, monkeypatch):
 
 def test_training_time_says_cached_or_the_saved_runs_minutes(tmp_path):
     quick = odc_mini.Config(method="odc", profile="quick")
-    found = odc_mini.saved.find(quick)            # the chapters' run: a saved one exists
+    found = odc_mini.study.saved.find(quick)            # the chapters' run: a saved one exists
     minutes = f"{found.provenance['wall_seconds'] / 60:.1f} min"
     said = store.training_time(quick, tmp_path)
     assert said.startswith("not trained on this machine yet") and minutes in said

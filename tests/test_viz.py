@@ -214,3 +214,29 @@ def test_label_change_columns_name_the_epoch_they_end_at():
     del h.arrays["labels/0"]
     np.testing.assert_array_equal(viz.label_change_epochs(h), [2, 3])
     np.testing.assert_array_equal(viz.label_changes(h)[:, 0], h.labels(2) != h.labels(1))
+
+
+def test_sweep_figure_plots_every_seeds_summary_and_their_mean():
+    """Per panel: one dot per (value, seed) at that run's summary value, the seeds' mean per value,
+    and for the base value a star at its mean and a band from its lowest to its highest seed."""
+    rng = np.random.default_rng(0)
+    results = {v: {s: {"knn_top1": rng.random(), "handled": float(rng.integers(9))} for s in range(3)}
+               for v in (10, 30, 100)}
+    metrics = {"knn_top1": ("kNN top-1", True, True), "handled": ("clusters handled", None, False)}
+    fig = viz.sweep_figure(results, metrics, "K", base=30, log=True)
+    assert len(fig.axes) == 3 and not fig.axes[2].axison            # a spare third panel, off
+    for ax, (key, (_, _, percent)) in zip(fig.axes, metrics.items()):
+        scale = 100 if percent else 1
+        per_seed = {v: [scale * results[v][s][key] for s in range(3)] for v in results}
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        dots = sorted(zip(lines["one seed"].get_xdata(), lines["one seed"].get_ydata()))
+        np.testing.assert_allclose(dots, sorted((v, y) for v, ys in per_seed.items() for y in ys))
+        np.testing.assert_allclose(lines["mean of the seeds"].get_xydata(),
+                                   [(v, np.mean(ys)) for v, ys in per_seed.items()])
+        np.testing.assert_allclose(lines["base setting"].get_xydata(), [(30, np.mean(per_seed[30]))])
+        band = ax.patches[0]
+        corners = ax.transData.inverted().transform(band.get_transform().transform(band.get_path().vertices))
+        np.testing.assert_allclose([corners[:, 1].min(), corners[:, 1].max()],
+                                   [min(per_seed[30]), max(per_seed[30])])
+        assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [10, 30, 100]
+    viz.plt.close(fig)

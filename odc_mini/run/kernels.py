@@ -9,7 +9,7 @@ bit, and a few epochs of training grow that bit into points of accuracy. So:
 * **same kernel path** (same processor kind, torch build and thread count): a run is bit for bit
   the same every time, and a resumed run ends where the run left alone ends;
 * **another path** (another processor, another torch build): a run is another draw of the same
-  process; judge it against the spread of runs with other seeds (:mod:`odc_mini.seeds`).
+  process; judge it against the spread of runs with other seeds (:mod:`odc_mini.study.seeds`).
 
 :data:`PINNED_ENV` names one path for every x86-64 processor with AVX2 and FMA, Intel or AMD,
 with or without AVX-512: torch's AVX2 kernels, MKL's ``COMPATIBLE`` code branch in its
@@ -33,7 +33,10 @@ import os
 import platform
 import sys
 
-# Set before torch is imported (they are read once, when the libraries load).
+import torch
+
+# Set in a new process's environment, before torch loads (they are read once, when the
+# libraries load).
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",      # torch's AVX2 kernels, also on AVX-512 processors
     "MKL_CBWR": "COMPATIBLE",           # MKL: one code branch on Intel and AMD, fixed caches
@@ -48,17 +51,17 @@ PINNED_ENV = {
 # Variables that would steer the libraries elsewhere; removed from a pinned process.
 _CLEARED = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
             "MKL_DEBUG_CPU_TYPE", "FAISS_OPT_LEVEL", "KMP_AFFINITY", "OMP_PROC_BIND")
-PINNED_THREADS = 2
-PINNED_CAPABILITY = "AVX2"
 MARKER = "ODC_MINI_PINNED_KERNELS"      # set in a pinned process (and its children)
 
 
-def _cpu_flags() -> set[str] | None:
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first line of ``/proc/cpuinfo`` that starts with ``key`` (Linux), else
+    None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
@@ -69,11 +72,10 @@ def pinnable() -> tuple[bool, str]:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False, (f"the pinned kernel path is defined for x86-64 processors; this one is "
                        f"{platform.machine() or 'unknown'}")
-    import torch
     if not torch.backends.mkl.is_available():
         return False, "this torch build has no MKL, whose reproducible mode the pinned path uses"
-    flags = _cpu_flags()
-    has_avx2 = ({"avx2", "fma"} <= flags) if flags is not None else \
+    flags = _cpuinfo("flags")
+    has_avx2 = ({"avx2", "fma"} <= set(flags.split())) if flags is not None else \
         torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     if not has_avx2:
         return False, "this processor lacks AVX2 and FMA, which the pinned path's kernels use"
@@ -88,9 +90,7 @@ def is_pinned() -> bool:
 def pinned_env(base: dict | None = None) -> dict:
     """``base`` (default: this process's environment) with the pinned path's variables."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _CLEARED}
-    env.update(PINNED_ENV)
-    env[MARKER] = "1"
-    return env
+    return {**env, **PINNED_ENV, MARKER: "1"}
 
 
 def pinned_command(args: list[str]) -> tuple[list[str], dict]:
@@ -102,20 +102,18 @@ def apply_in_process() -> None:
     """In a process started with :func:`pinned_env`: the settings that are not environment
     variables (oneDNN off, the thread count). Refuses, in one line, when torch loaded before the
     variables were set, since its kernels would not be the pinned ones."""
-    import torch
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability != PINNED_CAPABILITY:
+    if capability != PINNED_ENV["ATEN_CPU_CAPABILITY"].upper():
         raise RuntimeError(f"torch loaded with {capability} kernels; the pinned path needs "
                            f"ATEN_CPU_CAPABILITY={PINNED_ENV['ATEN_CPU_CAPABILITY']} set before "
-                           "torch is imported (start the process with odc_mini.kernels.pinned_env())")
+                           "torch is imported (start the process with odc_mini.run.kernels.pinned_env())")
     torch.backends.mkldnn.enabled = False
-    torch.set_num_threads(PINNED_THREADS)
+    torch.set_num_threads(int(PINNED_ENV["OMP_NUM_THREADS"]))
 
 
 def describe() -> str:
     """The kernel path of this process, e.g. ``"AVX512 kernels, oneDNN on, MKL auto, 2 threads"``
     or ``"pinned: AVX2 kernels, oneDNN off, MKL COMPATIBLE, 2 threads"``."""
-    import torch
     capability = torch.backends.cpu.get_cpu_capability()
     kernels = "generic kernels" if capability == "DEFAULT" else f"{capability} kernels"
     dnnl = "oneDNN on" if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled \
@@ -183,7 +181,7 @@ def fingerprint() -> str:
 def pinned_fingerprint() -> str:
     """:func:`fingerprint` of the pinned path on this machine (computed in a new process)."""
     import subprocess
-    code = ("from odc_mini import kernels; kernels.apply_in_process(); "
+    code = ("from odc_mini.run import kernels; kernels.apply_in_process(); "
             "print(kernels.fingerprint())")
     done = subprocess.run([sys.executable, "-c", code], env=pinned_env(), capture_output=True,
                           text=True, check=True)
@@ -193,7 +191,6 @@ def pinned_fingerprint() -> str:
 def machine(device) -> dict:
     """Where a run on ``device`` computes, as its history records it: the machine, torch and
     python, and on the CPU the processor, the kernel path and (pinned) its fingerprint."""
-    import torch
     out = {"machine": torch.cuda.get_device_name(device) if device.type == "cuda" else
            f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
            "torch": torch.__version__, "python": platform.python_version()}
@@ -206,11 +203,5 @@ def machine(device) -> dict:
 
 def cpu_model() -> str:
     """The processor's model name (Linux), else what ``platform`` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    model = _cpuinfo("model name")
+    return model if model is not None else platform.processor() or platform.machine()

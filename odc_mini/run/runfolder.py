@@ -6,7 +6,7 @@ A finished run (``Run.save``) is::
     config.json    the Config, as JSON
     history.npz    the History (plain arrays, no pickles)
     model.pt       the network's state dict (loaded with weights_only=True)
-    memory.npz     ODC only: the samples and centroids memories
+    memory.pt      ODC only: the samples and centroids memories (the memory's state dict)
 
 A run still training, or stopped before its end, holds ``checkpoint.pt`` instead: everything the
 run needs to continue exactly where it stopped (network, optimiser, the method's state, every
@@ -25,9 +25,7 @@ is one ``ValueError`` line naming it, never a trace from torch.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,21 +33,21 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..files import atomic_write
 from ..history import History
 from ..memory import ODCMemory
 from ..models import ClusterNet
 from ..version import __version__
 
-RUN_FILES = ("config.json", "history.npz", "model.pt", "memory.npz")
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "odc_mini checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2       # 2: the method module's state dict (network, memories, optimiser)
 
 
 @dataclass
 class Run:
     """A run: its config and history, and, when it was trained or loaded from its folder, the
-    trained network and (ODC) memory. A saved run of the book (``odc_mini.saved``) carries its
+    trained network and (ODC) memory. A saved run of the book (``odc_mini.study.saved``) carries its
     ``name`` and ``provenance`` instead of the network."""
     config: Config
     history: History
@@ -64,29 +62,22 @@ class Run:
 
     def save(self, directory: str | Path, state: bool = True) -> Path:
         """Write ``config.json``, ``history.npz`` (no pickles) and, unless ``state=False``,
-        ``model.pt`` (a state dict) and, for ODC, ``memory.npz`` into ``directory``, each file
+        ``model.pt`` and, for ODC, ``memory.pt`` (state dicts) into ``directory``, each file
         atomically. ``state=False`` keeps only the small record a chapter replays (ResNet-18
         weights and a 50,000-image memory are some 100 MB)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.history.save(directory / "history.npz")
+        self.history.save(directory / "history.npz")     # first: it creates the folder
         if state and self.model is None:
             raise ValueError("this run has no network to save (a saved run of the book); use "
                              "state=False")
         if state:
-            tmp = directory / "model.pt.tmp"
-            torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, tmp)
-            tmp.replace(directory / "model.pt")
-            if self.memory is not None:
-                tmp = directory / "memory.tmp.npz"
-                np.savez(tmp, features=self.memory.features.cpu().numpy(),
-                         labels=self.memory.labels.cpu().numpy(),
-                         centroids=self.memory.centroids.cpu().numpy())
-                tmp.replace(directory / "memory.npz")
+            for name, module in (("model.pt", self.model), ("memory.pt", self.memory)):
+                if module is not None:
+                    weights = {k: v.cpu() for k, v in module.state_dict().items()}
+                    atomic_write(directory / name, lambda f, w=weights: torch.save(w, f))
         # Last: a folder with config.json is a finished run, so the other files are in place.
-        tmp = directory / "config.json.tmp"
-        tmp.write_text(json.dumps(self.config.to_dict(), indent=2))
-        tmp.replace(directory / "config.json")
+        text = json.dumps(self.config.to_dict(), indent=2).encode()
+        atomic_write(directory / "config.json", lambda f: f.write(text))
         return directory
 
 
@@ -163,15 +154,22 @@ def load_run(directory: str | Path, device: str = "cpu") -> Run:
                          f"{directory / 'config.json'} (its recorded config differs)")
     dev = torch.device(device)
     model = ClusterNet.of(cfg)
-    _load_weights(model, _required(directory, "model.pt"), cfg)
+    _load_state(model, _required(directory, "model.pt"),
+                f"the network of config.json (arch={cfg.arch}, num_clusters={cfg.num_clusters})")
     model.to(dev).eval()
     memory = None
-    if (directory / "memory.npz").is_file():
-        num_samples = len(history.arrays["targets"]) if "targets" in history.arrays else None
-        memory = _load_memory(directory / "memory.npz", cfg, num_samples, dev)
-    elif cfg.method == "odc":
-        raise ValueError(f"{directory} holds an ODC run without memory.npz (saved with "
-                         "state=False?); its history loads with History.load")
+    if cfg.method == "odc":
+        if not (directory / "memory.pt").is_file():
+            raise ValueError(f"{directory} holds an ODC run without memory.pt (saved with "
+                             "state=False?); its history loads with History.load")
+        memory = ODCMemory.of(cfg, len(history.arrays["targets"]))
+        _load_state(memory, directory / "memory.pt",
+                    f"the memory of the run ({len(memory.labels)} images, feat_dim="
+                    f"{cfg.feat_dim}, num_clusters={cfg.num_clusters})")
+        if memory.labels.min() < 0 or memory.labels.max() >= cfg.num_clusters:
+            raise ValueError(f"{directory / 'memory.pt'} holds labels outside "
+                             f"0..{cfg.num_clusters - 1}")
+        memory.to(dev)
     return Run(cfg, history, model, memory, provenance=provenance(history))
 
 
@@ -179,11 +177,10 @@ def provenance(history: History) -> dict:
     """What a run's history records of where and how it was trained."""
     keys = ("machine", "device", "processes", "torch", "python", "cpu", "kernels",
             "kernel_fingerprint")
-    out = {k: history.meta[k] for k in keys if k in history.meta}
-    out["odc_mini"] = history.meta.get("version")
-    out["wall_seconds"] = history.last("wall_seconds")
-    out["train_seconds"] = history.last("train_seconds")
-    return out
+    return {**{k: history.meta[k] for k in keys if k in history.meta},
+            "odc_mini": history.meta.get("version"),
+            "wall_seconds": history.last("wall_seconds"),
+            "train_seconds": history.last("train_seconds")}
 
 
 def _required(directory: Path, name: str) -> Path:
@@ -195,66 +192,36 @@ def _required(directory: Path, name: str) -> Path:
     return path
 
 
-def _load_weights(model: ClusterNet, path: Path, cfg: Config) -> None:
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"{path} is not a readable torch state dict ({type(err).__name__}: "
-                         f"{reason})") from None
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+def _load_state(module: torch.nn.Module, path: Path, what: str) -> None:
+    """Load a state dict file (``weights_only``) into ``module``; one ValueError line when it is
+    unreadable or does not fit ``what``."""
+    state = _torch_load(path, "torch state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a state dict (a dict of tensors)")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if weights[k].shape != expected[k].shape)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        parts = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+        parts = [f"{len(keys)} {kind} (first: {keys[0]})" for kind, keys in
                  (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if keys]
-        raise ValueError(f"{path} does not fit the network of config.json (arch={cfg.arch}, "
-                         f"num_clusters={cfg.num_clusters}): tensors " + ", ".join(parts))
-    model.load_state_dict(weights)
-
-
-def _load_memory(path: Path, cfg: Config, num_samples: int | None, device: torch.device) -> ODCMemory:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in ("features", "labels", "centroids")}
-    except Exception as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"{path} is not a readable ODC memory file ({type(err).__name__}: "
-                         f"{reason})") from None
-    features, labels, centroids = arrays["features"], arrays["labels"], arrays["centroids"]
-    n = features.shape[0] if features.ndim == 2 else -1
-    problems = []
-    if features.ndim != 2 or features.shape[1] != cfg.feat_dim or features.dtype != np.float32:
-        problems.append(f"features {features.shape} {features.dtype}, expected (N, {cfg.feat_dim}) float32")
-    if num_samples is not None and n != num_samples:
-        problems.append(f"{n} samples, but the history has {num_samples}")
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        problems.append(f"labels {labels.shape} {labels.dtype}, expected ({n},) integers")
-    elif labels.size and (labels.min() < 0 or labels.max() >= cfg.num_clusters):
-        problems.append(f"labels outside 0..{cfg.num_clusters - 1}")
-    if centroids.shape != (cfg.num_clusters, cfg.feat_dim):
-        problems.append(f"centroids {centroids.shape}, expected ({cfg.num_clusters}, {cfg.feat_dim})")
-    if problems:
-        raise ValueError(f"{path} does not fit the run of config.json: " + "; ".join(problems))
-    memory = ODCMemory.of(cfg, n, device)
-    memory.features.copy_(torch.from_numpy(features))
-    memory.labels.copy_(torch.from_numpy(labels.astype(np.int64)))
-    memory.centroids = torch.from_numpy(centroids).to(device)
-    memory.recount()   # the running sums and sizes behind the loss weights
-    return memory
+        raise ValueError(f"{path} does not fit {what}: tensors " + ", ".join(parts))
+    module.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------- checking a folder
 
-def check(out: str | Path, cfg: Config, resume: bool) -> FolderContent:
+def check(out: str | Path, cfg: Config, resume: bool | str,
+          device: torch.device | None = None) -> FolderContent:
     """Check that the folder ``out`` can take the run of ``cfg`` (empty or new), or, with
-    ``resume``, that it holds a run of ``cfg`` to continue. One ``ValueError`` line otherwise.
-    Reads no more than the config of what is there."""
+    ``resume``, that it holds a run of ``cfg`` to continue (on ``device``'s type, if given: the
+    augmentation's generator lives on the device, and its state does not move); ``"auto"``
+    resumes when ``out`` holds a run. One ``ValueError`` line otherwise. Reads no more than the
+    config of what is there."""
     out = Path(out)
     content = inspect_folder(out)
+    if resume == "auto":
+        resume = content.kind in ("unfinished", "finished")
     if content.kind == "foreign":
         raise ValueError(f"output folder {out} cannot take the run: {content.detail}; choose an "
                          "empty or new folder")
@@ -270,6 +237,10 @@ def check(out: str | Path, cfg: Config, resume: bool) -> FolderContent:
                              "version or start a new run")
         if differences:
             raise ValueError(f"cannot resume {out} with a different config: " + "; ".join(differences))
+        if device is not None and content.device_type not in (None, device.type):
+            raise ValueError(f"cannot resume {out} on {device.type}: it was trained on "
+                             f"{content.device_type}; resume it on {content.device_type} "
+                             f"(device={content.device_type!r})")
         return content
     if differences:
         shown = "; ".join(differences[:3]) + ("; ..." if len(differences) > 3 else "")
@@ -290,16 +261,12 @@ def open_run(out: Path | None, cfg: Config, resume: bool | str,
         if resume:
             raise ValueError(f"resume={resume!r} needs out=<the folder of the run to continue>")
         return None
-    if resume == "auto":
-        resume = inspect_folder(out).kind in ("unfinished", "finished")
-    content = check(out, cfg, resume)
+    content = check(out, cfg, resume, device)
     if content.kind == "empty":
         return None
     if content.kind == "finished":
         return load_run(out, str(device))
-    state = read_checkpoint(out / CHECKPOINT)
-    check_resumable(state, cfg, device, out / CHECKPOINT)
-    return state
+    return read_checkpoint(out / CHECKPOINT)
 
 
 
@@ -307,8 +274,8 @@ def open_run(out: Path | None, cfg: Config, resume: bool | str,
 
 def write_checkpoint(out: Path, state: dict) -> None:
     """Write ``state`` as the folder's checkpoint, atomically."""
-    atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
-                 **state}, out / CHECKPOINT)
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__, **state}
+    atomic_write(out / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def remove_partial_writes(out: Path) -> None:
@@ -323,36 +290,13 @@ def finish(out: Path, run: Run) -> None:
     (out / CHECKPOINT).unlink(missing_ok=True)
 
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file, fsync and rename (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden name: a file left by a kill in mid-write is not taken for part of the run.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """Load and check a checkpoint. ``ValueError`` (one line) if the file is not a readable
     odc_mini checkpoint; ``mmap=True`` maps the tensors lazily (cheap when only the config is
     wanted)."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise
-    except Exception as err:   # a truncated zip, a pickle with code in it, ...
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"{path} is not a readable checkpoint, it is probably truncated or not "
-                         f"written by odc_mini ({type(err).__name__}: {reason})") from None
+    state = _torch_load(path, "checkpoint, it is probably truncated or not written by odc_mini",
+                        mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an odc_mini checkpoint (a torch file without the "
                          f"{FORMAT!r} marker)")
@@ -362,20 +306,17 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     return state
 
 
-def check_resumable(state: dict, cfg: Config, device: torch.device, path: Path) -> None:
-    """Refuse, in one line, to resume a checkpoint of another version, config or device type
-    (the augmentation's generator lives on the device: its state does not move)."""
-    if state["version"] != __version__:
-        raise ValueError(f"cannot resume {path}: it was written by odc_mini {state['version']} and "
-                         f"this is {__version__}; resume with that version or start a new run")
-    differences = cfg.differences(state["config"])
-    if differences:
-        raise ValueError(f"cannot resume {path} with a different config: "
-                         + "; ".join(differences))
-    saved = state.get("device_type")
-    if saved is not None and saved != device.type:
-        raise ValueError(f"cannot resume {path} on {device.type}: it was trained on {saved}; "
-                         f"resume it on {saved} (device={saved!r})")
+def _torch_load(path: Path, what: str, mmap: bool | None = None):
+    """``torch.load(weights_only=True)`` onto the CPU; a file that is there but cannot be read is
+    one ValueError line: "<path> is not a readable <what> (<the error>)"."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise
+    except Exception as err:   # a truncated zip, a pickle with code in it, ...
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{path} is not a readable {what} ({type(err).__name__}: "
+                         f"{reason})") from None
 
 
 # ---------------------------------------------------------------------------------------- RNGs

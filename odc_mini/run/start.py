@@ -48,25 +48,17 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for but this machine has no CUDA GPU; "
                              "use 'cpu' or 'auto'")
-        index = device.index
-        if index is not None and index >= torch.cuda.device_count():
+        if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r} was asked for but this machine has "
                              f"{torch.cuda.device_count()} CUDA GPU(s): cuda:0 to "
                              f"cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_model(cfg: Config, device: torch.device) -> ClusterNet:
     """The config's network on ``device`` (drawn from the global RNG)."""
-    model = ClusterNet.of(cfg)
     # channels_last: faster convolutions on GPUs and, measured here, on the CPU too (1.7x).
-    return model.to(device, memory_format=torch.channels_last)
+    return ClusterNet.of(cfg).to(device, memory_format=torch.channels_last)
 
 
 def build(config: Config, device: torch.device | str | None = None, *,
@@ -76,7 +68,9 @@ def build(config: Config, device: torch.device | str | None = None, *,
     restored from a checkpoint)."""
     cfg = config.validate()
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    seed_everything(cfg.seed)
+    random.seed(cfg.seed)                  # every global generator the run draws from
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     train_set, test_set = load_dataset(cfg.dataset, cfg.data_root, cfg.subset, cfg.seed,
                                        cfg.download)
     cfg.check_against_data(len(train_set))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..method import Step
 
 
 class TrainingDiverged(FloatingPointError):
@@ -38,11 +39,9 @@ def deferred_interrupt(enabled: bool):
     can own signal handlers; elsewhere, or when ``enabled`` is False, signals act as usual."""
     flag = Interrupt()
     signals = (signal.SIGINT, signal.SIGTERM)
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
     previous = {s: signal.getsignal(s) for s in signals}
-    if any(h is None for h in previous.values()):   # set from C: we could not restore it
+    if (not enabled or threading.current_thread() is not threading.main_thread()
+            or any(h is None for h in previous.values())):   # None: set from C, not restorable
         yield flag
         return
 
@@ -80,14 +79,14 @@ def nonfinite_features(epoch: int, err: Exception, kept: str, cfg: Config) -> Tr
 def diverged(epoch: int, rows: list[torch.Tensor], iterations: int, kept: str,
              cfg: Config) -> TrainingDiverged:
     """A training step's loss or features became non-finite. ``rows``: the epoch's steps so far,
-    each (loss, acc, change ratio, all finite)."""
-    steps = torch.stack(rows).cpu() if rows else torch.zeros(0, 4)
-    bad = torch.nonzero(steps[:, 3] == 0).flatten()
+    each the fields of a :class:`~odc_mini.method.Step`."""
+    steps = torch.stack(rows).cpu() if rows else torch.zeros(0, len(Step._fields))
+    bad = torch.nonzero(steps[:, Step._fields.index("finite")] == 0).flatten()
     if len(bad) == 0:
         what, b = "the ODC memory received non-finite features", len(rows) - 1
     else:
         b = int(bad[0])
-        loss = float(steps[b, 0])
+        loss = float(steps[b, Step._fields.index("loss")])
         what = (f"the loss became {loss}" if not np.isfinite(loss)
                 else "the network's features became non-finite")
     iteration = (epoch - 1) * iterations + b + 1

@@ -1,8 +1,9 @@
-"""Comparisons over seeds: the numbers behind every comparative sentence of the book.
+"""The numbers of finished runs: one run's summary, the results table, and comparisons over
+seeds, the numbers behind every comparative sentence of the book.
 
 A claim such as "ODC learns better features than DeepCluster" rests on several runs of each
-configuration that differ only in their seed (:func:`odc_mini.experiments.seed_group`). Runs of
-the same seed share the subset, the initial network and the data order, so the two methods are
+configuration that differ only in their seed (:func:`odc_mini.study.experiments.seed_group`).
+Runs of the same seed share the subset, the initial network and the data order, so the two methods are
 compared seed by seed (paired), and the verdict is a plain count, not a test:
 
 * "higher in all 3 seeds" / "lower in all 3 seeds": every paired difference has that sign;
@@ -12,9 +13,11 @@ With 3 seeds, "in all 3" happens by chance alone one time in four, so the book a
 mean difference with the smallest and largest paired difference, which say how far apart the
 methods are against how far apart the seeds are.
 
-    groups = evidence.load_groups({"ODC": "quick-odc", "DeepCluster": "quick-deepcluster"})
-    table = evidence.table(groups)                # mean ± sd per metric and group
-    c = evidence.compare(groups["ODC"], groups["DeepCluster"], "knn_top1")
+    analysis.summary(history)                     # one run's final numbers
+    header, rows = analysis.results_table({"ODC": h1, "DeepCluster": h2})   # one column per run
+    groups = analysis.load_groups({"ODC": "quick-odc", "DeepCluster": "quick-deepcluster"})
+    table = analysis.table(groups)                # mean ± sd per metric and group
+    c = analysis.compare(groups["ODC"], groups["DeepCluster"], "knn_top1")
     c.sentence("ODC", "DeepCluster")              # "kNN top-1 is higher for ODC than for ..."
 """
 from __future__ import annotations
@@ -24,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..history import History
-from .saved import summary
 
 # The measures the comparisons cover: (summary key, what it is, higher is better or None when
 # neither is, format as a percentage).
@@ -32,7 +34,7 @@ METRICS = {
     "knn_top1": ("kNN top-1", True, True),
     "linear_top1": ("linear probe top-1", True, True),
     "nmi_classes": ("NMI with the classes", True, False),
-    "churn": ("label churn per batch", None, True),
+    "change_ratio": ("label churn per batch", None, True),
     "relabelled": ("images relabelled in the last epoch", None, True),
     "nmi_previous": ("NMI between the last two epochs' labels", None, False),
     "feature_drift": ("centroid drift of the current features", None, False),
@@ -41,11 +43,81 @@ METRICS = {
 
 # How a sentence names each measure (singular, so that "is higher" reads right).
 PHRASES = {"knn_top1": "kNN top-1", "linear_top1": "the linear probe's top-1",
-           "nmi_classes": "the NMI with the classes", "churn": "the label churn per batch",
+           "nmi_classes": "the NMI with the classes", "change_ratio": "the label churn per batch",
            "relabelled": "the share of images relabelled in the last epoch",
            "nmi_previous": "the NMI between the last two epochs' labels",
            "feature_drift": "the drift of the current features' centroids",
            "drift": "the drift of each method's own centroids"}
+
+
+def summary(history: History, churn_from: int = 1) -> dict[str, float]:
+    """One run's row of the results tables: the last kNN / linear-probe / NMI / ARI against the
+    classes and NMI between the last two epochs' labels; ``change_ratio`` (label churn), the mean
+    share of a batch whose label changed, over the iterations of epochs ``churn_from`` to the last (iterations
+    without a previous label, DeepCluster's first epoch, do not count); ``relabelled``, the share
+    of images whose label changed in the last epoch; ``drift``, the mean centroid drift per
+    epoch, and ``final_drift`` the last epoch's; ``feature_drift``, the mean drift of the
+    centroids of the current network's features, measured alike for both methods (NaN for runs
+    saved before it existed); ``handled``, the small clusters repaired in the whole run;
+    ``min_size`` and ``max_size``, the smallest and largest cluster at the end;
+    ``wall_seconds``, the run's wall time; ``random_*``: the network before training (row 0)."""
+    out = {key: history.last(key) for key in ("knn_top1", "linear_top1", "nmi_classes",
+                                               "ari_classes", "nmi_previous", "wall_seconds",
+                                               "min_size", "max_size", "relabelled")}
+    epoch = np.ceil(history.iteration("epoch") - 1e-9)        # iteration i belongs to epoch 1..E
+    out["change_ratio"] = float(np.nanmean(history.iteration("change_ratio")[epoch >= churn_from]))
+    out["drift"] = float(np.nanmean(history.epoch("drift")[1:]))
+    out["final_drift"] = history.last("drift")
+    feature = history.epoch("feature_drift")[1:] if "feature_drift" in history.epoch_keys else []
+    out["feature_drift"] = float(np.nanmean(feature)) if np.isfinite(feature).any() else float("nan")
+    out["handled"] = float(np.nansum(history.epoch("clusters_handled")))
+    out["random_knn_top1"] = float(history.epoch("knn_top1")[0])
+    out["random_linear_top1"] = float(history.epoch("linear_top1")[0])
+    return out
+
+
+def pct(x) -> str:
+    """A fraction as a percentage with one decimal ("41.4%"); a dash for a missing value."""
+    return "–" if x is None or x != x else f"{x:.1%}"
+
+
+def num(x, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; a dash for a missing value."""
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def results_table(runs: dict[str, History],
+                  churn_from: int = 1) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the side-by-side results, one column per run (``{name: History}``): the
+    :func:`summary` of the end of each run, the random-init network for reference, and the mean
+    churn over the epochs from ``churn_from`` on (the same epochs for every run, e.g. those where
+    all of them have a previous label)."""
+    rows = {name: summary(history, churn_from) for name, history in runs.items()}
+    first = next(iter(rows.values()))
+    lines = [
+        (f"kNN top-1 (random init: {pct(first['random_knn_top1'])})", "knn_top1", pct),
+        (f"linear probe top-1 (random init: {pct(first['random_linear_top1'])})",
+         "linear_top1", pct),
+        ("NMI vs classes", "nmi_classes", num),
+        ("ARI vs classes", "ari_classes", num),
+        (f"mean churn per batch (epoch {churn_from} to the end)", "change_ratio", pct),
+        ("images relabelled in the last epoch", "relabelled", pct),
+        ("final NMI(t−1, t)", "nmi_previous", num),
+        ("final centroid drift", "final_drift", num),
+        ("smallest / largest cluster", None, lambda r: f"{r['min_size']:.0f} / {r['max_size']:.0f}"),
+        ("wall time (training + evaluation)", "wall_seconds", lambda s: f"{s / 60:.1f} min"),
+    ]
+    body = [[label] + [fmt(r if key is None else r[key]) for r in rows.values()]
+            for label, key, fmt in lines]
+    return [""] + list(runs), body
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table as aligned plain text (the command line prints it)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def load_groups(names: dict[str, str], directory=None) -> dict[str, dict[int, History]]:
@@ -59,7 +131,7 @@ def load_groups(names: dict[str, str], directory=None) -> dict[str, dict[int, Hi
 
 
 def finals(runs: dict[int, History], metric: str, churn_from: int = 1) -> dict[int, float]:
-    """``{seed: value}`` of :func:`odc_mini.saved.summary`'s ``metric`` for each run."""
+    """``{seed: value}`` of :func:`summary`'s ``metric`` for each run."""
     return {seed: summary(h, churn_from)[metric] for seed, h in sorted(runs.items())}
 
 

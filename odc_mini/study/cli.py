@@ -10,7 +10,7 @@ Runs are checkpointed into ``--out`` at every epoch end and on Ctrl-C. ``--resum
 run in ``--out`` with its own settings; a setting given on the command line must match it.
 
 ``--pinned-kernels`` runs the command in a new process on the pinned CPU kernel path
-(:mod:`odc_mini.kernels`): slower, but bit-identical on every x86-64 machine with the same torch.
+(:mod:`odc_mini.run.kernels`): slower, but bit-identical on every x86-64 machine with the same torch.
 Experiments marked ``pinned`` (the golden runs) always train on it.
 
 Bad input is reported in one line, without a traceback, with exit status 2; a diverged run
@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import subprocess
 import sys
 import types
 import typing
 from pathlib import Path
 
-from ..run import distributed, kernels
 from ..config import METHODS, PROFILES, Config
+from ..history import History
+from ..run import distributed, kernels, runfolder
+from ..run.session import TrainingDiverged, train
+from . import experiments, saved
+from .analysis import results_table, text_table
 
 # Config fields with flags of their own (not generated): --method, --profile.
 _OWN_FLAGS = ("method", "profile")
@@ -62,11 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_p = commands.add_parser("train", help="train one method and save its run")
     train_p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: odc)")
     add_run_flags(train_p)
-    compare_p = commands.add_parser("compare", help="train both methods with the same settings "
-                                    "and print a summary table")
-    add_run_flags(compare_p)
+    add_run_flags(commands.add_parser("compare", help="train both methods with the same "
+                                      "settings and print a summary table"))
     exp_p = commands.add_parser("experiment", help="train a named experiment of the book and "
-                                "save its compact run into odc_mini/saved_runs (see --list)")
+                                "save its compact run into odc_mini/study/saved_runs (see --list)")
     exp_p.add_argument("names", nargs="*", help="experiment names (python -m odc_mini "
                        "experiment --list)")
     exp_p.add_argument("--list", action="store_true", help="list the experiments and exit")
@@ -80,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp_p.add_argument("--data-root", default=None, help="folder holding cifar10.npz")
     exp_p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                        help="an extra provenance item, e.g. torch=2.11.0 (repeatable)")
-    exp_p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    pinned_flag(exp_p)
+    shared_flags(exp_p)
     return parser
 
 
@@ -93,8 +95,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder the run(s) are saved in")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out where it stopped, with its settings")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    pinned_flag(p)
+    shared_flags(p)
     groups = {False: p.add_argument_group("what is trained (a run's identity)"),
               True: p.add_argument_group("where and how it runs")}
     fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -102,11 +103,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         field = fields[name]
         flag, group = "--" + name.replace("_", "-"), groups[field.metadata["runs"]]
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=_flag_help(field))
+            value = {"action": argparse.BooleanOptionalAction}
         else:
-            group.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
-                               help=_flag_help(field))
+            value = {"type": kind, "metavar": kind.__name__.upper()}
+        group.add_argument(flag, default=None, help=_flag_help(field), **value)
 
 
 def _flag_help(field: dataclasses.Field) -> str:
@@ -119,7 +119,9 @@ def _flag_help(field: dataclasses.Field) -> str:
     return text
 
 
-def pinned_flag(p: argparse.ArgumentParser) -> None:
+def shared_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that trains: progress bars and the pinned kernel path."""
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--pinned-kernels", action="store_true",
                    help="train on the CPU kernel path every x86-64 machine shares (a new process, "
                         "about 3x slower): bit-identical on any of them with the same torch")
@@ -129,20 +131,18 @@ def wants_pinned(args: argparse.Namespace) -> bool:
     """Whether the command trains on the pinned kernel path: asked for, or a pinned experiment."""
     if args.pinned_kernels:
         return True
-    if args.command == "experiment" and args.source is None and not args.list and args.names:
-        from . import experiments
-        chosen = [experiments.get(name) for name in args.names]
-        if any(e.pinned for e in chosen):
-            if not all(e.pinned for e in chosen):
-                raise ValueError("train the pinned experiments (" + ", ".join(
-                    e.name for e in chosen if e.pinned) + ") in a command of their own")
-            return True
-    return False
+    if args.command != "experiment" or args.source is not None or args.list:
+        return False
+    chosen = [experiments.get(name) for name in args.names]
+    pinned = [e.name for e in chosen if e.pinned]
+    if pinned and len(pinned) < len(chosen):
+        raise ValueError(f"train the pinned experiments ({', '.join(pinned)}) in a command of "
+                         "their own")
+    return bool(pinned)
 
 
 def rerun_pinned(argv: list[str]) -> int:
     """Run this same command again in a new process on the pinned kernel path."""
-    import subprocess
     ok, why = kernels.pinnable()
     if not ok:
         raise ValueError(f"--pinned-kernels: {why}")
@@ -155,10 +155,6 @@ def rerun_pinned(argv: list[str]) -> int:
 
 def experiment_command(args: argparse.Namespace) -> int:
     """``python -m odc_mini experiment``: list, train and save, or save a run trained elsewhere."""
-    from . import experiments, saved
-    from ..run import runfolder
-    from ..history import History
-    from ..run.session import train
     if args.list or not args.names:
         present = set(saved.names(args.saved_dir))
         for name, exp in experiments.EXPERIMENTS.items():
@@ -186,11 +182,10 @@ def experiment_command(args: argparse.Namespace) -> int:
         device = {"device": "cpu"} if exp.pinned or args.pinned_kernels else {}
         cfg = exp.config(data_root=args.data_root, **device).validate()
         out = Path(args.work) / exp.name
-        resume = runfolder.inspect_folder(out).kind in ("unfinished", "finished")  # or start
-        runfolder.check(out, cfg, resume)
-        plan.append((exp, cfg, out, resume))
-    for exp, cfg, out, resume in plan:
-        run = train(cfg, progress=not args.no_progress, out=out, resume=resume)
+        runfolder.check(out, cfg, resume="auto")     # resume the run there, or start it
+        plan.append((exp, cfg, out))
+    for exp, cfg, out in plan:
+        run = train(cfg, progress=not args.no_progress, out=out, resume="auto")
         folder = saved.save(run.history, run.config, exp.name, args.saved_dir, **notes)
         print(f"{exp.name}: saved to {folder}", flush=True)
     return 0
@@ -199,46 +194,14 @@ def experiment_command(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace, method: str, base: dict | None = None) -> Config:
     """The Config the flags ask for; with ``base`` (a run's saved config, for --resume) the flags
     given override its values, and whatever differs from it is refused later by name."""
-    values = {name: getattr(args, name) for name in config_flags()
+    values = {name: getattr(args, name) for name in (*config_flags(), "profile")
               if getattr(args, name) is not None}
-    if args.profile is not None:
-        values["profile"] = args.profile
     if args.pinned_kernels:
         if values.get("device", "cpu") != "cpu":
             raise ValueError(f"--pinned-kernels is a CPU kernel path; --device {values['device']} "
                              "is not the CPU")
         values["device"] = "cpu"
-    if base is not None:
-        return Config.from_dict({**base, "method": method, **values}).validate()
-    return Config(method=method, **values).validate()
-
-
-def _saved_config(out: Path) -> dict | None:
-    """The config of the run in ``out`` (checkpoint or finished run), None if there is none."""
-    from ..run.runfolder import inspect_folder
-    content = inspect_folder(out)
-    return content.config if content.kind in ("unfinished", "finished") else None
-
-
-def summary_table(runs: dict) -> str:
-    """One row per method plus the random-init network (row 0 of the first run); the numbers
-    are :func:`odc_mini.saved.summary`'s, as in the book's results tables."""
-    from .saved import summary
-
-    def fmt(x, pct=True):
-        return "   -  " if x is None or (isinstance(x, float) and math.isnan(x)) else (
-            f"{100 * x:5.1f}%" if pct else f"{x:6.3f}")
-    header = f"{'method':<14}{'kNN top-1':>10}{'linear':>9}{'NMI cls':>9}{'NMI t-1,t':>11}{'churn':>8}{'wall s':>8}"
-    lines = [header, "-" * len(header)]
-    rows = {name: summary(run.history) for name, run in runs.items()}
-    first = next(iter(rows.values()))
-    lines.append(f"{'random init':<14}{fmt(first['random_knn_top1']):>10}"
-                 f"{fmt(first['random_linear_top1']):>9}{'-':>9}{'-':>11}{'-':>8}{'-':>8}")
-    for name, s in rows.items():
-        lines.append(f"{name:<14}{fmt(s['knn_top1']):>10}{fmt(s['linear_top1']):>9}"
-                     f"{fmt(s['nmi_classes'], False):>9}{fmt(s['nmi_previous'], False):>11}"
-                     f"{fmt(s['churn'], False):>8}{s['wall_seconds']:>8.0f}")
-    return "\n".join(lines)
+    return Config.from_dict({**(base or {}), "method": method, **values}).validate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,39 +215,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if kernels.is_pinned():
         kernels.apply_in_process()
-    from ..run.runfolder import check   # after parsing: --help stays fast
-    from ..run.session import TrainingDiverged, train
     try:
         if args.command == "experiment":
             return experiment_command(args)
         if args.command == "train":
             folders = {args.method: Path(args.out)}
-        else:
+        else:                                   # compare: both methods, a folder each
             folders = {m: Path(args.out) / m for m in METHODS}
         plan = {}
         for method, out in folders.items():   # check every setting and folder before training
-            base = _saved_config(out) if args.resume else None
+            # --resume: the settings of the run there (None: no run, which check refuses)
+            base = runfolder.inspect_folder(out).config if args.resume else None
             if method is None:
                 method = base["method"] if base else "odc"
             cfg = config_from_args(args, method, base)
-            check(out, cfg, args.resume)
+            runfolder.check(out, cfg, args.resume)
             plan[method] = (cfg, out)
         runs = {}
         for method, (cfg, out) in plan.items():
             runs[method] = train(cfg, progress=not args.no_progress, out=out, resume=args.resume)
             if distributed.is_main():       # under torchrun: rank 0 reports
                 print(f"{method}: saved to {out}", flush=True)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(err, TrainingDiverged) else 2
     except KeyboardInterrupt as err:
         print(f"\n{err or 'interrupted'}", file=sys.stderr)
         return 130
     if distributed.is_main():
-        print(summary_table(runs))
+        print(text_table(*results_table({name: run.history for name, run in runs.items()})))
     return 0
 
 

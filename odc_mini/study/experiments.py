@@ -3,7 +3,7 @@
     python -m odc_mini experiment --list
     python -m odc_mini experiment quick-odc          # train it here and save it
 
-Every saved run in ``odc_mini/saved_runs/`` (see :mod:`odc_mini.saved`) is one of these, trained by
+Every saved run in ``odc_mini/study/saved_runs/`` (see :mod:`odc_mini.study.saved`) is one of these, trained by
 the command its ``provenance.json`` records. Chapters look runs up by config, so a chapter that
 asks for the config of an experiment replays its saved run instead of training.
 
@@ -19,10 +19,10 @@ asks for the config of an experiment replays its saved run instead of training.
   one seed, DeepCluster at ODC's optimisation settings; ``full-*``: both methods at their own
   reference settings with two seeds each, by ``bench/gpu_evidence.py`` in one GPU call.
 * ``golden-*``: short quick-profile runs that ``tests/test_golden.py`` re-runs on every CI
-  build: bit for bit on the pinned kernel path (:mod:`odc_mini.kernels`), which they are
+  build: bit for bit on the pinned kernel path (:mod:`odc_mini.run.kernels`), which they are
   trained on, and against the spread of their seeds (``golden-*-seedS``) on the machine's own.
 * ``*-seedS``: the same config with seed S. A config's seeds (:func:`seed_group`) measure the
-  noise that any comparison with it must stand out from (:mod:`odc_mini.seeds`).
+  noise that any comparison with it must stand out from (:mod:`odc_mini.study.seeds`).
 * ``ablation-*``: chapter 7's tiny sweeps (1,200 images, 3 epochs), one knob at a time, three
   seeds each.
 """
@@ -42,10 +42,8 @@ QUICK_0_3 = dict(profile="quick", arch="small_cnn", dataset="cifar10", subset=10
 # Chapter 7: a base run and one sweep per ODC knob (each sweep passes through the base value).
 ABLATION_BASE = dict(subset=1200, epochs=3, batch_size=64, num_clusters=30, min_cluster=10,
                      eval_interval=3, linear_probe=False, snapshot_size=500)
-ABLATION_SWEEPS = {"momentum": [0.1, 0.5, 0.9],
-                   "num_clusters": [10, 30, 100],
-                   "min_cluster": [0, 10, 30],
-                   "centroid_interval": [1, 10, 50]}
+ABLATION_SWEEPS = {"momentum": [0.1, 0.5, 0.9], "num_clusters": [10, 30, 100],
+                   "min_cluster": [0, 10, 30], "centroid_interval": [1, 10, 50]}
 
 # The golden runs: short enough for every CI build (15 iterations per epoch), long enough for
 # every per-epoch record (kNN and the linear probe each epoch, NMI between epochs, drift).
@@ -75,7 +73,7 @@ class Experiment:
     # How the run was trained when not by ``python -m odc_mini experiment NAME`` (a long CPU run
     # of the train CLI, the GPU script); its folder is then saved with ``--from``.
     trained_with: str | None = None
-    # Trained on the pinned kernel path (odc_mini.kernels), so that any x86-64 machine with the
+    # Trained on the pinned kernel path (odc_mini.run.kernels), so that any x86-64 machine with the
     # same torch can reproduce its saved run bit for bit.
     pinned: bool = False
 
@@ -116,11 +114,9 @@ def _quick() -> list[Experiment]:
                      "rate, 0.1 / 0.06 of ODC's)", keep_labels="ends")
     runs = _seeds(CHAPTER_SEEDS, odc) + _seeds(CHAPTER_SEEDS, dc) + _seeds(REFERENCE_SEEDS, ref)
     for base, own_lr in ((odc, odc_lr), (ref, odc_lr * DEEPCLUSTER_LR_RATIO)):
-        for factor in LR_FACTORS:
-            if factor != 1.0:
-                lr = round(own_lr * factor, 4)
-                runs.append(Experiment(f"{base.name}-lr{lr:g}", {**base.settings, "lr": lr},
-                                       f"{base.about.split(' (')[0]}, learning rate {lr:g}"))
+        for lr in [round(own_lr * factor, 4) for factor in LR_FACTORS if factor != 1.0]:
+            runs.append(Experiment(f"{base.name}-lr{lr:g}", {**base.settings, "lr": lr},
+                                   f"{base.about.split(' (')[0]}, learning rate {lr:g}"))
     return runs
 
 
@@ -132,7 +128,8 @@ def _cpu50k() -> list[Experiment]:
         for method in ("odc", "deepcluster")]
 
 
-# Each method at its own reference's optimisation settings (spec §9): ODC trains at lr 0.06 with
+# Each method at its own reference's optimisation settings (OpenSelfSup configs/selfsup/odc/r50_v1.py
+# and configs/selfsup/deepcluster/r50.py): ODC trains at lr 0.06 with
 # batch 512 and x0.4 for the last 10% of epochs; DeepCluster (OpenSelfSup's r50.py, with Sobel)
 # at lr 0.1 with batch 512, constant. At a scale where ODC's rate is ``lr``, DeepCluster's
 # reference is the same ratio, 0.1 / 0.06 times ``lr``, with no decay.
@@ -183,13 +180,10 @@ def _gpu() -> list[Experiment]:
 
 
 def _golden() -> list[Experiment]:
-    runs = []
-    for method in ("odc", "deepcluster"):
-        runs += _seeds(GOLDEN_SEEDS, Experiment(
-            f"golden-{method}", dict(method=method, **GOLDEN),
-            f"{_label(method)}: the short run tests/test_golden.py re-runs", keep_labels="ends",
-            pinned=True))
-    return runs
+    bases = [Experiment(f"golden-{method}", dict(method=method, **GOLDEN),
+                        f"{_label(method)}: the short run tests/test_golden.py re-runs",
+                        keep_labels="ends", pinned=True) for method in ("odc", "deepcluster")]
+    return [e.with_seed(s) for e in bases for s in GOLDEN_SEEDS]
 
 
 def _ablations() -> list[Experiment]:
@@ -203,11 +197,6 @@ def _ablations() -> list[Experiment]:
             f"chapter 7: tiny ODC run, {'the base settings' if key is None else f'{key} = {value}'}",
             keep_labels="ends"))
     return runs
-
-
-def _registry() -> dict[str, Experiment]:
-    runs = _quick() + _cpu50k() + _gpu() + _full() + _golden() + _ablations()
-    return {run.name: run for run in runs}
 
 
 def _seeds(seeds, experiment: Experiment) -> list[Experiment]:
@@ -224,7 +213,8 @@ def ablation_keys() -> list[tuple[str | None, object]]:
     return keys
 
 
-EXPERIMENTS: dict[str, Experiment] = _registry()
+EXPERIMENTS: dict[str, Experiment] = {
+    run.name: run for run in _quick() + _cpu50k() + _gpu() + _full() + _golden() + _ablations()}
 
 
 def seed_group(name: str) -> list[str]:

@@ -1,7 +1,7 @@
 """What every chapter of the book needs before its first real cell: where it runs, where the data
 is, which profile and device to use, and a way to put computed numbers into the text.
 
-    from odc_mini import notebook as nbk
+    from odc_mini.study import notebook as nbk
     env = nbk.setup()                    # prints one line: profile, device, data, run cache
     cfg = env.config("odc")              # the chapter's Config, profile and data filled in
     nbk.glue("knn", 0.414, "{:.1%}")     # records "41.4%" under "knn"
@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .analysis import num, pct  # noqa: F401  (the chapters' nbk.pct and nbk.num)
 from .store import default_cache_dir
 from ..config import Config, default_profile
 from ..data import DATA_ENV, NPZ_NAME
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
 
 
 def find_data_root(start: str | Path | None = None) -> Path | None:
@@ -55,8 +51,7 @@ class Environment:
         """A validated Config for ``method`` in this environment; ``overrides`` as in Config."""
         values = dict(profile=self.profile, device=self.device, data_root=self.data_root,
                       download=self.download)
-        values.update(overrides)
-        return Config(method=method, **values).validate()
+        return Config(method=method, **{**values, **overrides}).validate()
 
     def describe(self) -> str:
         """One line; folders relative to the working folder, or to ``~``, so that a published
@@ -106,7 +101,7 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
 
 
 def _note_text_size(shell) -> None:
-    """Inline figures as :func:`odc_mini.viz.figure_png` makes them: PNGs that note their
+    """Inline figures as :func:`odc_mini.study.viz.figure_png` makes them: PNGs that note their
     smallest text size, which the book's browser test checks as the page shows it."""
     import base64
 
@@ -145,16 +140,6 @@ def prose(text: str):
     return Markdown(_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], text.strip("\n")))
 
 
-def pct(x) -> str:
-    """A fraction as a percentage with one decimal ("41.4%"); a dash for a missing value."""
-    return "–" if x is None or x != x else f"{x:.1%}"
-
-
-def num(x, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; a dash for a missing value."""
-    return "–" if x is None or x != x else f"{x:.{digits}f}"
-
-
 def show_source(obj, start: str | None = None, end: str | None = None):
     """Display the package's own source of ``obj`` (a function, class or method), highlighted,
     so the book explains the code that runs rather than a re-typed copy of it. ``start`` and
@@ -170,15 +155,13 @@ def show_source(obj, start: str | None = None, end: str | None = None):
     lines = source.splitlines()
     first, last = 0, len(lines) - 1
     if start is not None:
-        found = [i for i, line in enumerate(lines) if start in line]
-        if not found:
+        first = next((i for i, line in enumerate(lines) if start in line), None)
+        if first is None:
             raise ValueError(f"{start!r} is not in the source of {obj.__qualname__}")
-        first = found[0]
     if end is not None:
-        found = [i for i, line in enumerate(lines) if end in line and i >= first]
-        if not found:
+        last = next((i for i, line in enumerate(lines) if end in line and i >= first), None)
+        if last is None:
             raise ValueError(f"{end!r} is not in the source of {obj.__qualname__} after {start!r}")
-        last = found[0]
     if start is not None or end is not None:
         source = textwrap.dedent("\n".join(lines[first:last + 1]))
     return Code(source, language="python")
@@ -193,30 +176,3 @@ def html_table(header, rows):
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
     return HTML(f"<table style='border-spacing: 0.8em 0.1em'>"
                 f"<thead><tr>{cells(header, 'th')}</tr></thead><tbody>{body}</tbody></table>")
-
-
-def results_table(runs: dict, churn_from: int = 1):
-    """The chapters' side-by-side results as a table, one column per run (``{name: History}``):
-    :func:`odc_mini.saved.summary`'s measures of the end of each run, the random-init network
-    for reference, and the mean churn over the epochs from ``churn_from`` on (the same epochs
-    for every run, e.g. those where all of them have a previous label)."""
-    from .saved import summary
-
-    rows = {name: summary(history, churn_from) for name, history in runs.items()}
-    first = next(iter(rows.values()))
-    lines = [
-        (f"kNN top-1 (random init: {pct(first['random_knn_top1'])})", "knn_top1", pct),
-        (f"linear probe top-1 (random init: {pct(first['random_linear_top1'])})",
-         "linear_top1", pct),
-        ("NMI vs classes", "nmi_classes", num),
-        ("ARI vs classes", "ari_classes", num),
-        (f"mean churn per batch (epoch {churn_from} to the end)", "churn", pct),
-        ("images relabelled in the last epoch", "relabelled", pct),
-        ("final NMI(t−1, t)", "nmi_previous", num),
-        ("final centroid drift", "final_drift", num),
-        ("smallest / largest cluster", None, lambda r: f"{r['min_size']:.0f} / {r['max_size']:.0f}"),
-        ("wall time (training + evaluation)", "wall_seconds", lambda s: f"{s / 60:.1f} min"),
-    ]
-    body = [[label] + [fmt(r if key is None else r[key]) for r in rows.values()]
-            for label, key, fmt in lines]
-    return html_table([""] + list(runs), body)

@@ -1,15 +1,14 @@
-"""The saved runs the book replays: compact histories of :mod:`odc_mini.experiments`, committed
+"""The saved runs the book replays: compact histories of :mod:`odc_mini.study.experiments`, committed
 with the package, each with the command that trained it and the machine it ran on.
 
-    from odc_mini import saved
+    from odc_mini.study import saved
     saved.names()                             # what is there
     run = saved.load("cpu50k-odc")            # a Run: .config, .history, .provenance, .name
     run = saved.find(config)                  # the saved run of this config's identity, or None
-    saved.summary(run.history)                # the numbers of the results tables
     saved.differences(mine.history, run.history)  # [] when bit-identical (one kernel path)
 
-:func:`odc_mini.store.get` looks here first, then in the user's cache, else trains. Whether a run
-of another machine agrees with a saved run *within seed noise* is :mod:`odc_mini.seeds`'
+:func:`odc_mini.study.store.get` looks here first, then in the user's cache, else trains. Whether a run
+of another machine agrees with a saved run *within seed noise* is :mod:`odc_mini.study.seeds`'
 question.
 
 A folder ``saved_runs/<name>/`` holds ``config.json`` (the run's identity), ``history.npz``
@@ -42,10 +41,7 @@ def _root(directory: str | Path | None) -> Path:
 
 
 def names(directory: str | Path | None = None) -> list[str]:
-    root = _root(directory)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "history.npz").is_file())
+    return sorted(p.parent.name for p in _root(directory).glob("*/history.npz") if p.is_file())
 
 
 def load(name: str, directory: str | Path | None = None) -> Run:
@@ -68,18 +64,6 @@ def index_of_folders(directory: str | Path | None = None) -> dict[str, str]:
     """``{key: name}`` computed from the saved runs' own configs (what the index must say)."""
     root = _root(directory)
     return {read_config(root / name / "config.json").key(): name for name in names(directory)}
-
-
-def _write_index(entries: dict[str, str], directory: str | Path | None) -> None:
-    (_root(directory) / INDEX).write_text(json.dumps(dict(sorted(entries.items())), indent=1)
-                                          + "\n")
-
-
-def rebuild_index(directory: str | Path | None = None) -> dict[str, str]:
-    """Write the index from the saved runs' own configs; returns it."""
-    entries = index_of_folders(directory)
-    _write_index(entries, directory)
-    return entries
 
 
 def find(config: Config, directory: str | Path | None = None) -> Run | None:
@@ -130,12 +114,12 @@ def save(history: History, config: Config, name: str, directory: str | Path | No
     (folder / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
     entries = {k: v for k, v in index(directory).items() if v != name}
     entries[config.key()] = name
-    _write_index(entries, directory)
+    (folder.parent / INDEX).write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
     return folder
 
 
 def provenance_of(history: History) -> dict:
-    """:func:`odc_mini.runfolder.provenance`, completed for runs recorded before torch, python
+    """:func:`odc_mini.run.runfolder.provenance`, completed for runs recorded before torch, python
     and the processor went into the history (the saving process's are taken)."""
     import torch
     record = provenance(history)
@@ -147,37 +131,6 @@ def provenance_of(history: History) -> dict:
     return record
 
 
-# ---------------------------------------------------------------------------------- numbers
-SUMMARY_KEYS = ("knn_top1", "linear_top1", "nmi_classes", "ari_classes", "nmi_previous",
-                "churn", "drift", "wall_seconds")
-
-
-def summary(history: History, churn_from: int = 1) -> dict[str, float]:
-    """One run's row of the results tables: the last kNN / linear-probe / NMI / ARI against the
-    classes and NMI between the last two epochs' labels; ``churn``, the mean share of a batch
-    whose label changed, over the iterations of epochs ``churn_from`` to the last (iterations
-    without a previous label, DeepCluster's first epoch, do not count); ``relabelled``, the share
-    of images whose label changed in the last epoch; ``drift``, the mean centroid drift per
-    epoch, and ``final_drift`` the last epoch's; ``feature_drift``, the mean drift of the
-    centroids of the current network's features, measured alike for both methods (NaN for runs
-    saved before it existed); ``handled``, the small clusters repaired in the whole run;
-    ``min_size`` and ``max_size``, the smallest and largest cluster at the end;
-    ``wall_seconds``, the run's wall time; ``random_*``: the network before training (row 0)."""
-    out = {key: history.last(key) for key in ("knn_top1", "linear_top1", "nmi_classes",
-                                               "ari_classes", "nmi_previous", "wall_seconds",
-                                               "min_size", "max_size", "relabelled")}
-    epoch = np.ceil(history.iteration("epoch") - 1e-9)        # iteration i belongs to epoch 1..E
-    out["churn"] = float(np.nanmean(history.iteration("change_ratio")[epoch >= churn_from]))
-    out["drift"] = float(np.nanmean(history.epoch("drift")[1:]))
-    out["final_drift"] = history.last("drift")
-    feature = history.epoch("feature_drift")[1:] if "feature_drift" in history.epoch_keys else []
-    out["feature_drift"] = float(np.nanmean(feature)) if np.isfinite(feature).any() else float("nan")
-    out["handled"] = float(np.nansum(history.epoch("clusters_handled")))
-    out["random_knn_top1"] = float(history.epoch("knn_top1")[0])
-    out["random_linear_top1"] = float(history.epoch("linear_top1")[0])
-    return out
-
-
 # Records that measure the machine, not the run.
 TIMINGS = ("wall_seconds", "train_seconds", "eval_seconds")
 
@@ -187,7 +140,7 @@ def differences(mine: History, book: History) -> list[str]:
     list: identical): every per-epoch record ``book`` has but the timings (a metric added to the
     package after ``book`` was saved is not held against it), every per-iteration record, and every
     array ``book`` keeps (label banks, cluster sizes, snapshots, targets). On one kernel path
-    (:mod:`odc_mini.kernels`) a re-run of unchanged code has none."""
+    (:mod:`odc_mini.run.kernels`) a re-run of unchanged code has none."""
     out = []
     if mine.num_epochs != book.num_epochs:
         return [f"{mine.num_epochs} epochs here, {book.num_epochs} in the saved run"]
@@ -211,11 +164,11 @@ def differences(mine: History, book: History) -> list[str]:
             out.append(f"per-iteration {key}: recorded by one run only")
         else:
             column("per-iteration", key, mine.iteration(key), book.iteration(key))
-    for name, saved_array in sorted(book.arrays.items()):
-        if name not in mine.arrays:
+    for name, b in sorted(book.arrays.items()):
+        a = mine.arrays.get(name)
+        if a is None:
             out.append(f"array {name}: missing here")
-        elif not np.array_equal(mine.arrays[name], saved_array):
-            a, b = mine.arrays[name], saved_array
+        elif not np.array_equal(a, b):
             count = int((a != b).sum()) if a.shape == b.shape else "shape"
             out.append(f"array {name}: {count} entries differ")
     return out

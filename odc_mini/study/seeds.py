@@ -6,7 +6,7 @@ another run lies within that spread.
         print(p.metric, p.within, p.worst_epoch)
 
 A run of the same code on another processor follows another kernel path
-(:mod:`odc_mini.kernels`): its numbers are not the saved run's, but they must look like one more
+(:mod:`odc_mini.run.kernels`): its numbers are not the saved run's, but they must look like one more
 seed. For each metric and epoch, with the other seeds' mean ``m`` and sample standard deviation
 ``s``, a run is *within seed noise* when
 
@@ -92,23 +92,19 @@ def spread(histories: dict[int, History], metrics=tuple(FLOORS)) -> SeedSpread:
     seeds = sorted(histories)
     values = {}
     for metric in metrics:
-        rows = np.stack([histories[s].epoch(metric) for s in seeds]) \
-            if all(metric in histories[s].epoch_keys for s in seeds) else None
-        if rows is not None and not np.isnan(rows).all():
-            values[metric] = rows
+        if all(metric in histories[s].epoch_keys for s in seeds):
+            rows = np.stack([histories[s].epoch(metric) for s in seeds])
+            if not np.isnan(rows).all():
+                values[metric] = rows
     return SeedSpread(seeds, values)
 
 
 def spread_of(name: str, exclude=(), directory=None) -> SeedSpread:
     """The spread of the saved runs of experiment ``name`` and its other seeds
-    (:func:`odc_mini.experiments.seed_group`), leaving out the seeds in ``exclude``."""
-    from . import experiments, saved
-    runs = {}
-    for member in experiments.seed_group(name):
-        seed = experiments.get(member).config().seed
-        if seed not in exclude:
-            runs[seed] = saved.load(member, directory).history
-    return spread(runs)
+    (:func:`odc_mini.study.experiments.seed_group`), leaving out the seeds in ``exclude``."""
+    from .analysis import load_groups
+    group = load_groups({name: name}, directory)[name]
+    return spread({seed: h for seed, h in group.items() if seed not in exclude})
 
 
 def multiplier(n: int, comparisons: int, alpha: float = FAMILY_ALPHA) -> float:
@@ -170,12 +166,9 @@ def locate(run: History, spread_: SeedSpread, floors: dict[str, float] | None = 
     if run.num_epochs != any_seed.shape[1] - 1:
         raise ValueError(f"the run has {run.num_epochs} epochs and the seed runs "
                          f"{any_seed.shape[1] - 1}; compare runs of the same config")
-    picked = {}
+    picked = {}   # per metric, the epochs both measured (a metric the run lacks is all NaN)
     for metric, values in spread_.values.items():
-        mine = run.epoch(metric) if metric in run.epoch_keys else None
-        if mine is None:
-            continue
-        both = ~np.isnan(mine) & ~np.isnan(values).any(axis=0)
+        both = ~np.isnan(run.epoch(metric)) & ~np.isnan(values).any(axis=0)
         if both.any():
             picked[metric] = both
     comparisons = sum(int(b.sum()) for b in picked.values())

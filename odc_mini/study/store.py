@@ -6,7 +6,7 @@
 Every run is looked up by one key, its config's identity (``Config.key()``: every setting but
 where the data lives, the device and compile), in this order:
 
-1. **the book's saved runs** (``odc_mini/saved_runs``, through their index): instantly, the
+1. **the book's saved runs** (``odc_mini/study/saved_runs``, through their index): instantly, the
    history and provenance of a run trained elsewhere;
 2. **the user's cache** (``$ODC_CACHE``, else ``~/.cache/odc_mini/runs``), in the folder
    ``<method>-<profile>-<key>``: a run this machine trained before, with its network and memory,
@@ -90,27 +90,22 @@ def get(config: Config, *, replay: bool = True, retrain: bool = False,
     (a run of this machine, with its network); ``retrain=True`` trains even when a run exists.
     ``callback(history)`` is called after every epoch that is trained, as :func:`train` does."""
     config = config.validate()
-    if replay and not retrain:
-        found = saved.find(config)
-        if found is not None:
-            return found
+    if replay and not retrain and (found := saved.find(config)) is not None:
+        return found
     path = cache_path(config, cache_dir)
     if not retrain and cache_status(config, cache_dir) == "fresh":
         run = runfolder.load_run(path)
         run.config = config          # the caller's data_root / device, not the trainer's
         return run
     tmp = path.with_name(path.name + ".partial")
-    kind = "empty"
+    # Only a checkpoint is worth keeping, if it has the same config, version and device type.
     try:
-        content = runfolder.inspect_folder(tmp)
-        kind = content.kind
-        if kind == "unfinished":
-            runfolder.check(tmp, config, resume=True)      # same config and version?
-            if content.device_type not in (None, resolve_device(config.device).type):
-                kind = "stale"       # trained on another device type: its generators stay there
-    except ValueError:       # another config or version, or a damaged checkpoint
-        kind = "stale"
-    if kind != "unfinished":  # only a checkpoint is worth keeping: start afresh otherwise
+        keep = runfolder.inspect_folder(tmp).kind == "unfinished"
+        if keep:
+            runfolder.check(tmp, config, resume=True, device=resolve_device(config.device))
+    except ValueError:       # another config, version or device, or a damaged checkpoint
+        keep = False
+    if not keep:             # start afresh
         shutil.rmtree(tmp, ignore_errors=True)
     run = train(config, progress=progress, callback=callback, out=tmp, resume="auto")
     (tmp / KEY_FILE).write_text(json.dumps(_stamp(config), indent=2, sort_keys=True))

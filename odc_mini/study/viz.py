@@ -207,7 +207,7 @@ SPREAD_LABELS = {"loss": ("training loss (epoch mean)", False),
 
 def seed_spread_figure(run: History, spread, positions, label: str = "your run",
                        title: str | None = None):
-    """One panel per metric of ``positions`` (:func:`odc_mini.seeds.locate`): the other seeds'
+    """One panel per metric of ``positions`` (:func:`odc_mini.study.seeds.locate`): the other seeds'
     runs (thin grey), their mean and the band a run must stay in (shaded), and ``run`` (bold, in
     its method's colour); a red ring marks an epoch where ``run`` is outside the band."""
     cols = 3
@@ -514,5 +514,37 @@ def cluster_gallery(images, labels, clusters: Sequence[int], per_cluster: int = 
             image_grid(np.asarray(images)[pick] if not hasattr(images, "cpu") else images[pick], ax, nrow=1)
         ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
         ax.axis("on")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------- sweeps
+def sweep_figure(results: Mapping, metrics: Mapping, xlabel: str, base=None, log: bool = False,
+                 title: str | None = None, color: str = COLORS["odc"]):
+    """One panel per metric against a knob's values. ``results``: ``{value: {seed: summary}}``
+    (:func:`odc_mini.study.analysis.summary` of every run); ``metrics``: ``{key: (what,
+    higher_is_better, percent)}`` as ``analysis.METRICS``. A dot per seed and a line through the
+    seeds' means; with ``base`` (one of the values), a star at its mean and a grey band from its
+    lowest to its highest seed: the noise a difference has to stand out from."""
+    import textwrap
+    values, rows = list(results), -(-len(metrics) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows), squeeze=False)
+    for ax, (key, (what, _, percent)) in zip(axes.flat, metrics.items()):
+        y = np.array([[s[key] for s in results[v].values()] for v in values]) * (100 if percent else 1)
+        if base is not None:
+            b = y[values.index(base)]
+            ax.axhspan(b.min(), b.max(), color="0.85", label="base: lowest to highest seed")
+            ax.plot([base], [b.mean()], "*", ms=14, color="#ff7f0e", label="base setting", zorder=3)
+        ax.plot(np.repeat(values, y.shape[1]), y.ravel(), ".", color=color, alpha=0.5, label="one seed")
+        ax.plot(values, y.mean(axis=1), "o-", color=color, label="mean of the seeds")
+        ax.set(xscale="log" if log else "linear", xlabel=xlabel,
+               ylabel=textwrap.fill(what + (" (%)" if percent else ""), 24))
+        ax.set_xticks(values, [str(v) for v in values])
+        ax.minorticks_off()
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
