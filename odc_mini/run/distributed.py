@@ -25,8 +25,8 @@ the whole batch:
 The methods themselves are written for one process; :func:`data_parallel` derives the variant
 that does the above from a method class, by overriding its hooks (``global_batch``,
 ``kmeans_labels``, ``extract``, ``loss``, ``train_step``) and its memory's (``update_centroids``,
-``deal_with_small_clusters``). With one process every function here is a no-op, and neither the
-layers nor the variants are used.
+``deal_with_small_clusters``). With one process the collectives a run calls (``broadcast_``,
+``sum_``, ``any_rank``, ``barrier``) are no-ops, and neither the layers nor the variants are used.
 """
 from __future__ import annotations
 
@@ -81,8 +81,6 @@ def local_rank() -> int:
 
 def gather_cat(x: torch.Tensor) -> torch.Tensor:
     """The ranks' equal-shaped tensors concatenated along dim 0, in rank order, on every rank."""
-    if not is_distributed():
-        return x
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
@@ -91,8 +89,6 @@ def gather_cat(x: torch.Tensor) -> torch.Tensor:
 def gather_rows(x: torch.Tensor, total: int) -> torch.Tensor:
     """Like :func:`gather_cat` for shards of a ``total``-row tensor split by :func:`shard`
     (the last ones may be short): padded for the collective, trimmed after."""
-    if not is_distributed():
-        return x
     per = math.ceil(total / world_size())
     padded = torch.zeros((per, *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[:x.shape[0]] = x

@@ -109,8 +109,7 @@ def plot_epoch_metric(histories, key: str, ax=None, upto: float | None = None, b
     if baseline:
         first = next(iter(_as_dict(histories).values()))
         ax.axhline(first.epoch(key)[0] * scale, ls="--", color=COLORS["random"], lw=1, label="random init")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel or key)
+    ax.set(xlabel="epoch", ylabel=ylabel or key)
     return ax
 
 
@@ -122,8 +121,7 @@ def plot_iteration_metric(histories, key: str, ax=None, window: int = 20, upto: 
         x, y = h.iteration("epoch"), smooth(h.iteration(key), window)
         keep = x <= (np.inf if upto is None else upto)
         ax.plot(x[keep], y[keep], lw=1.2, label=_label(name), color=_color(name, h))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel or key)
+    ax.set(xlabel="epoch", ylabel=ylabel or key)
     return ax
 
 
@@ -142,9 +140,7 @@ def plot_cluster_sizes(histories, epoch: int | None = None, ax=None, min_cluster
         cfg = next(iter(hs.values())).meta.get("config", {})
         if cfg.get("min_cluster"):
             ax.axhline(cfg["min_cluster"], ls=":", color="k", lw=1, label="min_cluster")
-    ax.set_yscale("log")
-    ax.set_xlabel("cluster rank (largest first)")
-    ax.set_ylabel("images in cluster")
+    ax.set(yscale="log", xlabel="cluster rank (largest first)", ylabel="images in cluster")
     return ax
 
 
@@ -226,8 +222,7 @@ def seed_spread_figure(run: History, spread, positions, label: str = "your run",
         outside = np.abs(p.deviation) > p.band
         ax.plot(p.epochs[outside], p.value[outside] * scale, "o", ms=10, mfc="none",
                 mec="red", mew=1.5, label="outside" if outside.any() else None)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="epoch", ylabel=ylabel)
     for ax in axes.flat[len(positions):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -412,11 +407,7 @@ def migration_figure(histories, embeddings: Mapping[str, Mapping[int, np.ndarray
             title = f"{_label(name)}, epoch {epoch}"
             if previous is not None and (before >= 0).any():
                 title += f"\n{moved.mean():.0%} changed cluster since epoch {previous}"
-        ax.set_title(title)
-        ax.set_xlim(*lims[0])
-        ax.set_ylim(*lims[1])
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(title=title, xlim=lims[0], ylim=lims[1], xticks=[], yticks=[])
         ax.grid(False)
     fig.tight_layout()
     return fig
@@ -433,21 +424,17 @@ def migration_scrubber(histories, embeddings: Mapping[str, Mapping[int, np.ndarr
 
 
 # ---------------------------------------------------------------------------------- label changes
-def _label_epochs(history: History) -> list[int]:
-    return [e for e in range(history.num_epochs + 1) if f"labels/{e}" in history.arrays]
-
-
 def label_changes(history: History) -> np.ndarray:
     """(N, T) bool: did image i's pseudo-label change in transition t? Transition t ends at
     epoch ``label_change_epochs(history)[t]``. Epochs without a recorded label bank (DeepCluster's
     epoch 0) are skipped, so for DeepCluster the first transition is epoch 1 -> 2."""
-    banks = np.stack([history.labels(e) for e in _label_epochs(history)], axis=1)
+    banks = np.stack([history.labels(e) for e in history.label_epochs], axis=1)
     return banks[:, 1:] != banks[:, :-1]
 
 
 def label_change_epochs(history: History) -> np.ndarray:
     """(T,) the epoch at which each column of :func:`label_changes` ends."""
-    return np.array(_label_epochs(history)[1:])
+    return np.array(history.label_epochs[1:])
 
 
 def plot_label_changes(histories, sample: int = 400, seed: int = 0, axes=None):
@@ -466,8 +453,7 @@ def plot_label_changes(histories, sample: int = 400, seed: int = 0, axes=None):
         ax.imshow(block, aspect="auto", cmap="Greys", interpolation="nearest",
                   extent=(ends[0] - 0.5, ends[-1] + 0.5, len(block), 0))
         ax.set_title(f"{_label(name)}: {block.mean():.0%} of label slots changed", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("images (most-moved first)")
+        ax.set(xlabel="epoch", ylabel="images (most-moved first)")
         ax.grid(False)
     return axes
 
@@ -485,8 +471,7 @@ def image_grid(images, ax=None, nrow: int | None = None, titles: Sequence[str] |
         canvas[r * (hgt + 2):r * (hgt + 2) + hgt, c * (wid + 2):c * (wid + 2) + wid] = images[i].transpose(1, 2, 0)
     ax = ax or plt.gca()
     ax.imshow(canvas, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
     ax.grid(False)
     if titles is not None:
         ax.set_title(" · ".join(titles), fontsize=10)
@@ -543,8 +528,8 @@ def sweep_figure(results: Mapping, metrics: Mapping, xlabel: str, base=None, log
         ax.minorticks_off()
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=10)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=10)
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / (2.6 * rows), 1, 1))
     return fig
