@@ -46,8 +46,7 @@ def _as_label_array(a, name: str) -> np.ndarray:
 
 
 def _label_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    a = _as_label_array(a, "a")
-    b = _as_label_array(b, "b")
+    a, b = _as_label_array(a, "a"), _as_label_array(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"label arrays differ in length: {a.shape[0]} vs {b.shape[0]}")
     return a, b
@@ -60,15 +59,13 @@ def nmi(a, b) -> float:
     not need to match class ids).  scikit-learn's default arithmetic-mean
     normalisation.
     """
-    a, b = _label_pair(a, b)
-    return float(normalized_mutual_info_score(a, b))
+    return float(normalized_mutual_info_score(*_label_pair(a, b)))
 
 
 def ari(a, b) -> float:
     """Adjusted Rand index of two labellings: 1 = identical partitions,
     ~0 = as similar as random partitions (can be slightly negative)."""
-    a, b = _label_pair(a, b)
-    return float(adjusted_rand_score(a, b))
+    return float(adjusted_rand_score(*_label_pair(a, b)))
 
 
 def hungarian_accuracy(pred, true) -> float:
@@ -141,9 +138,8 @@ def _check_features(feats: Tensor, labels: Tensor, name: str) -> None:
     if feats.ndim != 2:
         raise ValueError(f"{name}_feats must be 2-D (N, D), got shape {tuple(feats.shape)}")
     if labels.shape != (feats.shape[0],):
-        raise ValueError(
-            f"{name}_labels must have shape ({feats.shape[0]},), got {tuple(labels.shape)}"
-        )
+        raise ValueError(f"{name}_labels must have shape ({feats.shape[0]},), got "
+                         f"{tuple(labels.shape)}")
     if feats.shape[0] == 0:
         raise ValueError(f"{name}_feats has no rows (shape {tuple(feats.shape)}); "
                          "at least one image is needed")
@@ -194,8 +190,7 @@ def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, 
         weights = (top_sim / temperature).exp()  # (B, k)
         votes = torch.zeros(sim.shape[0], num_classes, device=device)
         votes.scatter_add_(1, train_labels[top_idx], weights)  # (B, C)
-        pred = votes.argmax(dim=1)
-        correct += (pred == test_labels[start : start + chunk]).sum()
+        correct += (votes.argmax(dim=1) == test_labels[start : start + chunk]).sum()
     return float(correct) / test.shape[0]
 
 

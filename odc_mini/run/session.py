@@ -152,12 +152,11 @@ class Session(Training):
         if not self.writes:
             return
         history = np.frombuffer(self.history.to_bytes(compress=False), dtype=np.uint8)
-        to_cpu = runfolder.to_cpu
         runfolder.write_checkpoint(self.out, {
             "config": self.cfg.to_dict(), "device_type": self.device.type,
-            "epoch": self.epoch, "partial": to_cpu(self.partial),
-            "method": to_cpu(self.method.state_dict()),     # the network, memories, optimiser
-            "recorder": to_cpu(self.recorder.state_dict()),
+            "epoch": self.epoch, "partial": runfolder.to_cpu(self.partial),
+            "method": runfolder.to_cpu(self.method.state_dict()),   # network, memories, optimiser
+            "recorder": runfolder.to_cpu(self.recorder.state_dict()),
             "rng": runfolder.capture_rng(self.generators),
             "history": torch.from_numpy(history.copy()),
             "clock": {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()},

@@ -123,11 +123,10 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 def load_groups(names: dict[str, str], directory=None) -> dict[str, dict[int, History]]:
     """``{label: {seed: history}}`` of the saved runs of each experiment's seed group."""
     from . import experiments, saved
-    groups = {}
-    for label, name in names.items():
-        groups[label] = {experiments.get(member).config().seed: saved.load(member, directory).history
-                         for member in experiments.seed_group(name)}
-    return groups
+    def seeds(name: str) -> dict[int, History]:
+        return {experiments.get(member).config().seed: saved.load(member, directory).history
+                for member in experiments.seed_group(name)}
+    return {label: seeds(name) for label, name in names.items()}
 
 
 def finals(runs: dict[int, History], metric: str, churn_from: int = 1) -> dict[int, float]:
@@ -168,10 +167,10 @@ class Comparison:
         """One sentence, e.g. "kNN top-1 is higher for ODC than for DeepCluster in all 3 seeds (by
         +1.2 points on average; per seed +0.4 to +2.1 points)"."""
         what = PHRASES.get(self.metric, self.metric)
+        what = what if what.startswith("kNN") else what[0].upper() + what[1:]
         d = self.differences
         spread = (f"by {self._fmt(d.mean(), True)} on average; per seed {self._fmt(d.min(), True)} "
                   f"to {self._fmt(d.max(), True)}")
-        what = what if what.startswith("kNN") else what[0].upper() + what[1:]
         verdict = self.verdict
         if verdict == "within seed noise":
             return (f"{what} is within seed noise between {name_a} and {name_b}: neither is higher "
@@ -185,11 +184,9 @@ def compare(a: dict[int, History], b: dict[int, History], metric: str,
     """``metric`` of group ``a`` against group ``b``, paired by seed (the seeds both have)."""
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
-        raise ValueError(f"a comparison needs at least 2 seeds that both groups have; "
-                         f"got {seeds}")
-    fa = finals({s: a[s] for s in seeds}, metric, churn_from)
-    fb = finals({s: b[s] for s in seeds}, metric, churn_from)
-    return Comparison(metric, fa, fb)
+        raise ValueError(f"a comparison needs at least 2 seeds that both groups have; got {seeds}")
+    return Comparison(metric, finals({s: a[s] for s in seeds}, metric, churn_from),
+                      finals({s: b[s] for s in seeds}, metric, churn_from))
 
 
 def mean_sd(values) -> tuple[float, float]:
@@ -213,7 +210,6 @@ def table(groups: dict[str, dict[int, History]], metrics=tuple(METRICS), churn_f
         for g in labels:
             mean, sd = mean_sd(finals(groups[g], metric, churn_from).values())
             row.append(f"{100 * mean:.1f} ± {100 * sd:.1f}%" if percent else f"{mean:.3f} ± {sd:.3f}")
-        for g in others:
-            row.append(compare(groups[g], groups[compare_to], metric, churn_from).verdict)
+        row += [compare(groups[g], groups[compare_to], metric, churn_from).verdict for g in others]
         rows.append(row)
     return header, rows

@@ -67,7 +67,7 @@ class Experiment:
     settings: dict                      # Config keyword arguments
     about: str
     # What the saved run keeps of the label banks and snapshots (see History.compact):
-    # "all", "ends" (first and last epoch), "three" (first, middle, last) or "none".
+    # "all", "ends" (first and last epoch) or "none".
     keep_labels: str = "none"
     keep_snapshots: str = "none"
     # How the run was trained when not by ``python -m odc_mini experiment NAME`` (a long CPU run

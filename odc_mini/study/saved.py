@@ -72,26 +72,22 @@ def find(config: Config, directory: str | Path | None = None) -> Run | None:
     return load(name, directory) if name is not None else None
 
 
-def _epochs_kept(rule: str, num_epochs: int, available: list[int]) -> list[int] | None:
+def _epochs_kept(rule: str, available: list[int]) -> list[int] | None:
     if rule == "all":
         return None
     if rule == "none" or not available:
         return []
     if rule == "ends":
         return sorted({available[0], available[-1]})
-    if rule == "three":
-        middle = min(available, key=lambda e: abs(e - num_epochs / 2))
-        return sorted({available[0], middle, available[-1]})
-    raise ValueError(f"unknown keep rule {rule!r}; accepted: all, ends, three, none")
+    raise ValueError(f"unknown keep rule {rule!r}; accepted: all, ends, none")
 
 
 def compact_for(history: History, name: str) -> History:
     """``history`` with the label banks and snapshots that experiment ``name`` keeps."""
     experiment = experiments.get(name)
     return history.compact(
-        label_epochs=_epochs_kept(experiment.keep_labels, history.num_epochs, history.label_epochs),
-        snapshot_epochs=_epochs_kept(experiment.keep_snapshots, history.num_epochs,
-                                     history.snapshot_epochs))
+        label_epochs=_epochs_kept(experiment.keep_labels, history.label_epochs),
+        snapshot_epochs=_epochs_kept(experiment.keep_snapshots, history.snapshot_epochs))
 
 
 def save(history: History, config: Config, name: str, directory: str | Path | None = None,
@@ -100,8 +96,7 @@ def save(history: History, config: Config, name: str, directory: str | Path | No
     experiment says, with its provenance: the command, and the machine, software and times the
     history recorded; ``notes`` are added (they override). Updates the index."""
     experiment = experiments.get(name)
-    differ = experiment.config().differences(config)
-    if differ:
+    if differ := experiment.config().differences(config):
         raise ValueError(f"this run is not experiment {name!r}: "
                          f"{', '.join(d.split(' ')[0] for d in differ)} differ")
     compact = compact_for(history, name)
@@ -112,8 +107,7 @@ def save(history: History, config: Config, name: str, directory: str | Path | No
     record = {"name": name, "about": experiment.about, "command": experiment.command(),
               **provenance_of(history), "saved": datetime.date.today().isoformat(), **notes}
     (folder / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
-    entries = {k: v for k, v in index(directory).items() if v != name}
-    entries[config.key()] = name
+    entries = {k: v for k, v in index(directory).items() if v != name} | {config.key(): name}
     (folder.parent / INDEX).write_text(json.dumps(dict(sorted(entries.items())), indent=1) + "\n")
     return folder
 

@@ -29,7 +29,6 @@ from . import saved
 from ..run.start import resolve_device
 from ..config import Config
 from ..history import History
-from ..run.runfolder import Run
 from ..run.session import train
 from ..version import __version__
 
@@ -85,7 +84,7 @@ def training_time(config: Config, cache_dir: str | Path | None = None) -> str:
 
 def get(config: Config, *, replay: bool = True, retrain: bool = False,
         cache_dir: str | Path | None = None, progress: bool = True,
-        callback: Callable[[History], None] | None = None) -> Run:
+        callback: Callable[[History], None] | None = None) -> runfolder.Run:
     """The run of ``config`` (see the module docstring). ``replay=False`` skips the saved runs
     (a run of this machine, with its network); ``retrain=True`` trains even when a run exists.
     ``callback(history)`` is called after every epoch that is trained, as :func:`train` does."""

@@ -136,10 +136,9 @@ def plot_cluster_sizes(histories, epoch: int | None = None, ax=None, min_cluster
             continue
         sizes = np.sort(h.sizes(e))[::-1]
         ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1.5, label=_label(name), color=_color(name, h))
-    if min_cluster:
-        cfg = next(iter(hs.values())).meta.get("config", {})
-        if cfg.get("min_cluster"):
-            ax.axhline(cfg["min_cluster"], ls=":", color="k", lw=1, label="min_cluster")
+    cfg = next(iter(hs.values())).meta.get("config", {}) if min_cluster else {}
+    if cfg.get("min_cluster"):
+        ax.axhline(cfg["min_cluster"], ls=":", color="k", lw=1, label="min_cluster")
     ax.set(yscale="log", xlabel="cluster rank (largest first)", ylabel="images in cluster")
     return ax
 
@@ -179,13 +178,11 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
             lo, hi = values.min(), values.max()
             pad = 0.08 * (hi - lo or 1.0)
             ax.set_ylim(lo - pad, hi + pad)
-    sizes_ax = axes.flat[-1]
     last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
-    plot_cluster_sizes(hs, last, sizes_ax)
-    sizes_ax.set_title(f"cluster sizes at epoch {last}", fontsize=10)
-    axes.flat[0].legend(loc="upper right", fontsize=10)
-    axes.flat[4].legend(loc="lower right", fontsize=10)
-    sizes_ax.legend(loc="upper right", fontsize=10)
+    plot_cluster_sizes(hs, last, axes.flat[-1]).set_title(f"cluster sizes at epoch {last}",
+                                                         fontsize=10)
+    for i, loc in ((0, "upper right"), (4, "lower right"), (5, "upper right")):
+        axes.flat[i].legend(loc=loc, fontsize=10)
     fig.suptitle(title or (f"epoch {upto}" if upto is not None else "training dynamics"), fontsize=12)
     fig.tight_layout()
     return fig
@@ -226,9 +223,8 @@ def seed_spread_figure(run: History, spread, positions, label: str = "your run",
     for ax in axes.flat[len(positions):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    spare = axes.flat[-1] if len(positions) < rows * cols else None
-    if spare is not None:
-        spare.legend(handles, labels, loc="center", fontsize=10, frameon=False)
+    if len(positions) < rows * cols:      # the spare panel
+        axes.flat[-1].legend(handles, labels, loc="center", fontsize=10, frameon=False)
     else:
         axes.flat[0].legend(fontsize=10)
     fig.suptitle(title or f"{label} against {spread.n} other seeds", fontsize=12)
