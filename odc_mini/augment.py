@@ -86,8 +86,10 @@ class AugmentConfig:
 
     @classmethod
     def of(cls, config) -> "AugmentConfig":
-        """The augmentation of a run's :class:`~odc_mini.config.Config`."""
-        return cls(**config.augment_settings())
+        """The augmentation of a run's :class:`~odc_mini.config.Config`: its fields of the
+        reference's names, the crop's smallest scale as ``crop_scale``."""
+        jitter = {key: getattr(config, key) for key in _REFERENCE if key != "crop_min_scale"}
+        return cls(crop_scale=(config.crop_min_scale, 1.0), **jitter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,10 +230,9 @@ def _crop_boxes(b: int, height: int, width: int, cfg: AugmentConfig,
     Returns:
         top, left, h, w: each (B,) float32, in pixels.
     """
-    area = height * width
     lo_s, hi_s = cfg.crop_scale
     log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
-    target_area = area * (lo_s + (hi_s - lo_s) * rand(b, CROP_TRIES))        # (B, T)
+    target_area = height * width * (lo_s + (hi_s - lo_s) * rand(b, CROP_TRIES))   # (B, T)
     aspect = torch.exp(log_lo + (log_hi - log_lo) * rand(b, CROP_TRIES))      # (B, T) w / h
     w_try = torch.sqrt(target_area * aspect)
     h_try = torch.sqrt(target_area / aspect)
@@ -241,14 +242,11 @@ def _crop_boxes(b: int, height: int, width: int, cfg: AugmentConfig,
     w = w_try.gather(1, first).squeeze(1)
     h = h_try.gather(1, first).squeeze(1)
 
-    # Fallback: whole image, narrowed to the nearest allowed aspect ratio, centred.
-    in_ratio = width / height
-    if in_ratio < cfg.crop_ratio[0]:
-        fb_w, fb_h = width, width / cfg.crop_ratio[0]
-    elif in_ratio > cfg.crop_ratio[1]:
-        fb_w, fb_h = height * cfg.crop_ratio[1], height
-    else:
-        fb_w, fb_h = width, height
+    # Fallback: whole image, narrowed to the nearest allowed aspect ratio, centred: no wider
+    # than crop_ratio[1] x its height, no taller than its width / crop_ratio[0] (an image whose
+    # own ratio is allowed is kept whole).
+    fb_w = min(width, height * cfg.crop_ratio[1])
+    fb_h = min(height, width / cfg.crop_ratio[0])
     w = torch.where(found, w, torch.full_like(w, fb_w))
     h = torch.where(found, h, torch.full_like(h, fb_h))
 
@@ -372,10 +370,8 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     angle = math.radians(cfg.rotation_degrees) * (2 * rand(b) - 1)            # (B,) radians
     do_jitter = rand(b) < cfg.jitter_p                                        # (B,) bool
     u = rand(4, b)                                                            # factors in [0, 1)
-    if order_generator is None:
-        order = rand(4).argsort().tolist()     # on a GPU: one small host sync
-    else:
-        order = torch.randperm(4, generator=order_generator).tolist()
+    order = (rand(4).argsort() if order_generator is None     # on a GPU: one small host sync
+             else torch.randperm(4, generator=order_generator)).tolist()
     do_gray = rand(b) < cfg.grayscale_p                                       # (B,) bool
 
     # 1. Geometry. padding_mode="border": the box always lies inside the image, but bilinear

@@ -51,7 +51,8 @@ SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no sub
 # * batch 128 with lr 0.1: more, larger steps in the few minutes available.
 # The full profile keeps the reference settings.
 # The reference augmentation (OpenSelfSup's ODC config, scaled to CIFAR's 32 px): the one place
-# its numbers are written. augment.AugmentConfig takes its defaults from here too.
+# its numbers are written. augment.AugmentConfig takes its defaults from here too, and
+# AugmentConfig.of reads a run's values from the Config fields of these names.
 AUGMENT_REFERENCE = dict(crop_min_scale=0.2, brightness=0.4, contrast=0.4, saturation=1.0,
                          hue=0.5, jitter_p=1.0, grayscale_p=0.2)
 PROFILE_DEFAULTS = {
@@ -60,9 +61,8 @@ PROFILE_DEFAULTS = {
                   jitter_p=0.8, snapshot_size=2000, eval_batch_size=256, eval_interval=7),
     "full": dict(arch="resnet18", dataset="cifar10", subset=None, epochs=100, batch_size=512,
                  lr=0.06, num_clusters=100, min_cluster=75, sobel=False,
-                 saturation=AUGMENT_REFERENCE["saturation"], hue=AUGMENT_REFERENCE["hue"],
-                 jitter_p=AUGMENT_REFERENCE["jitter_p"], snapshot_size=2000, eval_batch_size=1024,
-                 eval_interval=1),
+                 **{key: AUGMENT_REFERENCE[key] for key in ("saturation", "hue", "jitter_p")},
+                 snapshot_size=2000, eval_batch_size=1024, eval_interval=1),
 }
 
 
@@ -159,12 +159,11 @@ class Config:
     compile: bool = setting(False, "torch.compile the training forward pass (CUDA only)", runs=True)
 
     def __post_init__(self):
-        if self.profile in PROFILE_DEFAULTS:
-            # The full profile's subset is None (all images); to use every image in the quick
-            # profile, ask for subset=50000.
-            for key, value in PROFILE_DEFAULTS[self.profile].items():
-                if getattr(self, key) is None:
-                    setattr(self, key, value)
+        # The full profile's subset is None (all images); to use every image in the quick
+        # profile, ask for subset=50000. An unknown profile fills nothing (validate refuses it).
+        for key, value in PROFILE_DEFAULTS.get(self.profile, {}).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if self.snapshot_interval is None and self.epochs:
             self.snapshot_interval = max(1, self.epochs // 5)
 
@@ -201,12 +200,6 @@ class Config:
             # The number of training images is known without the data: check against it now.
             self.check_against_data(self.subset if self.subset is not None else SYNTHETIC_DEFAULT)
         return self
-
-    def augment_settings(self) -> dict:
-        """The augmentation fields, as ``augment.AugmentConfig`` takes them."""
-        return dict(crop_scale=(self.crop_min_scale, 1.0), brightness=self.brightness,
-                    contrast=self.contrast, saturation=self.saturation, hue=self.hue,
-                    jitter_p=self.jitter_p, grayscale_p=self.grayscale_p)
 
     def identity(self) -> dict:
         """What identifies the run: every field but those that say where or how it runs (data
@@ -245,8 +238,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
+        if unknown := sorted(set(values) - {f.name for f in dataclasses.fields(cls)}):
             raise ValueError(f"unknown config field(s) {', '.join(unknown)}")
         return cls(**values)
 

@@ -110,8 +110,7 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
         reason = " ".join(str(e).split())   # keep the message on one line
         raise ValueError(f"{path}: cannot read it as an npz file, it is probably truncated or "
                          f"corrupt ({type(e).__name__}: {reason}); delete it and convert again") from None
-    missing = [k for k in keys if k not in arrays]
-    if missing:
+    if missing := [k for k in keys if k not in arrays]:
         raise ValueError(f"{path}: missing arrays {missing} (found {found})")
 
     for split in CIFAR_SIZES:   # sizes are not enforced: small files are fine (tests)
@@ -147,11 +146,13 @@ def _from_torchvision(root: pathlib.Path, download: bool) -> dict[str, np.ndarra
     return out
 
 
-def _to_image_set(x: np.ndarray, y: np.ndarray, classes: list[str]) -> ImageSet:
-    # HWC (numpy/PIL convention) -> CHW (PyTorch convention); contiguous so that batches
-    # gathered later by index are contiguous too.
-    images = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
-    return ImageSet(images, torch.from_numpy(y.astype(np.int64)), classes)
+def _to_image_set(arrays: dict[str, np.ndarray], split: str) -> ImageSet:
+    """The ``split`` ("train" or "test") of the arrays of ``cifar10.npz`` as an ImageSet."""
+    # HWC (numpy/PIL convention) -> CHW (PyTorch convention): (N, 3, 32, 32) uint8; contiguous
+    # so that batches gathered later by index are contiguous too.
+    images = torch.from_numpy(arrays[f"x_{split}"]).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(arrays[f"y_{split}"].astype(np.int64))
+    return ImageSet(images, labels, list(arrays["classes"]))
 
 
 def load_cifar10(root: str | os.PathLike | None = None,
@@ -191,9 +192,7 @@ def load_cifar10(root: str | os.PathLike | None = None,
             f"CIFAR-10 not found: looked for {path.resolve()}; set ${DATA_ENV} or pass root to "
             f"point at the folder holding {NPZ_NAME}, or use download=True (CLI: --download) to "
             f"fetch it via torchvision when online")
-    classes = [str(c) for c in arrays["classes"]]
-    return (_to_image_set(arrays["x_train"], arrays["y_train"], classes),
-            _to_image_set(arrays["x_test"], arrays["y_test"], classes))
+    return _to_image_set(arrays, "train"), _to_image_set(arrays, "test")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ means other kernels, never other code. The golden runs (``tests/test_golden.py``
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -57,13 +58,10 @@ MARKER = "ODC_MINI_PINNED_KERNELS"      # set in a pinned process (and its child
 def _cpuinfo(key: str) -> str | None:
     """The value of the first line of ``/proc/cpuinfo`` that starts with ``key`` (Linux), else
     None."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
     return None
 
 
@@ -116,11 +114,10 @@ def describe() -> str:
     or ``"pinned: AVX2 kernels, oneDNN off, MKL COMPATIBLE, 2 threads"``."""
     capability = torch.backends.cpu.get_cpu_capability()
     kernels = "generic kernels" if capability == "DEFAULT" else f"{capability} kernels"
-    dnnl = "oneDNN on" if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled \
-        else "oneDNN off"
+    dnnl = "on" if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else "off"
     mkl = f"MKL {os.environ.get('MKL_CBWR', 'auto')}" if torch.backends.mkl.is_available() \
         else "no MKL"
-    text = f"{kernels}, {dnnl}, {mkl}, {torch.get_num_threads()} threads"
+    text = f"{kernels}, oneDNN {dnnl}, {mkl}, {torch.get_num_threads()} threads"
     return ("pinned: " + text) if is_pinned() else text
 
 

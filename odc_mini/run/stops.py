@@ -16,7 +16,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import Config
@@ -86,8 +85,8 @@ def diverged(epoch: int, rows: list[torch.Tensor], iterations: int, kept: str,
         what, b = "the ODC memory received non-finite features", len(rows) - 1
     else:
         b = int(bad[0])
-        loss = float(steps[b, Step._fields.index("loss")])
-        what = (f"the loss became {loss}" if not np.isfinite(loss)
+        loss = steps[b, Step._fields.index("loss")]
+        what = (f"the loss became {float(loss)}" if not loss.isfinite()
                 else "the network's features became non-finite")
     iteration = (epoch - 1) * iterations + b + 1
     return TrainingDiverged(f"training stopped at iteration {iteration} (epoch {epoch}, step "

@@ -33,22 +33,16 @@ from ..run.session import TrainingDiverged, train
 from . import experiments, saved
 from .analysis import results_table, text_table
 
-# Config fields with flags of their own (not generated): --method, --profile.
-_OWN_FLAGS = ("method", "profile")
-
-
 def config_flags() -> dict[str, type]:
     """Every Config field that has a command-line flag, with the flag's value type (from the
     field's annotation: int, float, str or bool)."""
-    hints = typing.get_type_hints(Config)
     flags = {}
-    for f in dataclasses.fields(Config):
-        if f.name in _OWN_FLAGS:
+    for name, kind in typing.get_type_hints(Config).items():   # the fields, in their order
+        if name in ("method", "profile"):       # flags of their own, not generated
             continue
-        kind = hints[f.name]
         if isinstance(kind, types.UnionType):          # e.g. int | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        flags[f.name] = kind
+        flags[name] = kind
     return flags
 
 
@@ -102,10 +96,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     for name, kind in config_flags().items():
         field = fields[name]
         flag, group = "--" + name.replace("_", "-"), groups[field.metadata["runs"]]
-        if kind is bool:
-            value = {"action": argparse.BooleanOptionalAction}
-        else:
-            value = {"type": kind, "metavar": kind.__name__.upper()}
+        value = ({"action": argparse.BooleanOptionalAction} if kind is bool
+                 else {"type": kind, "metavar": kind.__name__.upper()})
         group.add_argument(flag, default=None, help=_flag_help(field), **value)
 
 
@@ -218,10 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "experiment":
             return experiment_command(args)
-        if args.command == "train":
-            folders = {args.method: Path(args.out)}
-        else:                                   # compare: both methods, a folder each
-            folders = {m: Path(args.out) / m for m in METHODS}
+        # train: one method in --out; compare: both methods, a folder each
+        folders = ({args.method: Path(args.out)} if args.command == "train"
+                   else {m: Path(args.out) / m for m in METHODS})
         plan = {}
         for method, out in folders.items():   # check every setting and folder before training
             # --resume: the settings of the run there (None: no run, which check refuses)

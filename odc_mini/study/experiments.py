@@ -28,7 +28,7 @@ asks for the config of an experiment replays its saved run instead of training.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import Config
 
@@ -146,7 +146,6 @@ def deepcluster_reference(lr: float) -> dict:
 def _full() -> list[Experiment]:
     """Both methods at their reference settings on one GPU, ResNet-18, all of CIFAR-10, two seeds
     each, trained by ``bench/gpu_evidence.py`` in one GPU call."""
-    odc_lr = Config(profile="full").lr
     command = "python bench/gpu_evidence.py --data-root .gpu_data --out OUT/evidence"
     odc = Experiment("full-odc", dict(method="odc", profile="full", epochs=FULL_EPOCHS,
                                       eval_interval=5),
@@ -154,7 +153,7 @@ def _full() -> list[Experiment]:
                      keep_labels="ends", trained_with=command)
     dc = Experiment("full-deepcluster-ref",
                     dict(profile="full", sobel=True, epochs=FULL_EPOCHS, eval_interval=5,
-                         **deepcluster_reference(odc_lr)),
+                         **deepcluster_reference(Config(profile="full").lr)),
                     "DeepCluster at its reference settings (Sobel, constant lr 0.1), ResNet-18 "
                     "on all of CIFAR-10, one GPU", keep_labels="ends", trained_with=command)
     return [e.with_seed(s) for e in (odc, dc) for s in FULL_SEEDS]
@@ -219,9 +218,8 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 def seed_group(name: str) -> list[str]:
     """The experiments that differ from ``name`` in their seed alone (``name`` included), by seed."""
-    settings = {k: v for k, v in get(name).config().to_dict().items() if k != "seed"}
-    group = [e for e in EXPERIMENTS.values()
-             if {k: v for k, v in e.config().to_dict().items() if k != "seed"} == settings]
+    unseeded = replace(get(name).config(), seed=0)
+    group = [e for e in EXPERIMENTS.values() if replace(e.config(), seed=0) == unseeded]
     return [e.name for e in sorted(group, key=lambda e: e.config().seed)]
 
 

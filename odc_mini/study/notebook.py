@@ -29,8 +29,7 @@ from ..data import DATA_ENV, NPZ_NAME
 def find_data_root(start: str | Path | None = None) -> Path | None:
     """``$ODC_DATA`` if set, else the first ``data/`` holding ``cifar10.npz`` in ``start`` (the cwd)
     or a folder above it — chapters run in ``book/``, the data sits in the project's ``data/``."""
-    env = os.environ.get(DATA_ENV)
-    if env:
+    if env := os.environ.get(DATA_ENV):
         return Path(env)
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -66,15 +65,15 @@ def _short(path) -> str:
     """``path`` relative to the working folder when it is inside the project around it, else
     with the home folder written as ``~``."""
     path, here = Path(path).resolve(), Path.cwd().resolve()
-    for base in (here, here.parent):
-        if path.is_relative_to(base):
-            return os.path.relpath(path, here)
+    if path.is_relative_to(here.parent):       # the working folder, or a folder beside it
+        return os.path.relpath(path, here)
     home = Path.home().resolve()
     return "~/" + str(path.relative_to(home)) if path.is_relative_to(home) else str(path)
 
 
-def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Environment:
-    """Seed, pick profile and device, find the data, set readable matplotlib defaults."""
+def setup(profile: str | None = None, seed: int = 0) -> Environment:
+    """Seed, pick profile and device, find the data, set readable matplotlib defaults, and print
+    the environment in one line."""
     import matplotlib as mpl
 
     torch.manual_seed(seed)
@@ -95,8 +94,7 @@ def setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> Env
     mpl.rcParams.update({"figure.dpi": 96, "savefig.dpi": 96, "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False, "font.size": 11,
                          "legend.fontsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10})
-    if not quiet:
-        print(env.describe())
+    print(env.describe())
     return env
 
 
@@ -133,8 +131,7 @@ def prose(text: str):
     opened; the cells that call this hide their input. A name not glued yet is one error line."""
     from IPython.display import Markdown
 
-    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(VALUES))
-    if missing:
+    if missing := sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(VALUES)):
         raise KeyError(f"the text refers to {', '.join(missing)}, which no cell above has glued "
                        "(nbk.glue(name, value, fmt))")
     return Markdown(_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], text.strip("\n")))

@@ -99,11 +99,10 @@ def save(history: History, config: Config, name: str, directory: str | Path | No
     if differ := experiment.config().differences(config):
         raise ValueError(f"this run is not experiment {name!r}: "
                          f"{', '.join(d.split(' ')[0] for d in differ)} differ")
-    compact = compact_for(history, name)
     folder = _root(directory) / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config.identity(), indent=1) + "\n")
-    compact.save(folder / "history.npz")
+    compact_for(history, name).save(folder / "history.npz")
     record = {"name": name, "about": experiment.about, "command": experiment.command(),
               **provenance_of(history), "saved": datetime.date.today().isoformat(), **notes}
     (folder / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")

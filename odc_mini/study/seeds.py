@@ -156,12 +156,10 @@ class Position:
                 f"± {self.std[i]:.4f} (z = {self.z[i]:+.1f}, band ±{self.band[i]:.4f})")
 
 
-def locate(run: History, spread_: SeedSpread, floors: dict[str, float] | None = None,
-           alpha: float = FAMILY_ALPHA) -> list[Position]:
+def locate(run: History, spread_: SeedSpread) -> list[Position]:
     """Per metric of ``spread_`` that ``run`` measured: where ``run`` sits, epoch by epoch, with
-    the band of the module docstring (``alpha``: the normal band's family error rate). Raises
-    ValueError for runs of another length."""
-    floors = FLOORS if floors is None else floors
+    the band of the module docstring (the normal band's family error rate: ``FAMILY_ALPHA``).
+    Raises ValueError for runs of another length."""
     any_seed = next(iter(spread_.values.values()))
     if run.num_epochs != any_seed.shape[1] - 1:
         raise ValueError(f"the run has {run.num_epochs} epochs and the seed runs "
@@ -171,13 +169,13 @@ def locate(run: History, spread_: SeedSpread, floors: dict[str, float] | None = 
         both = ~np.isnan(run.epoch(metric)) & ~np.isnan(values).any(axis=0)
         if both.any():
             picked[metric] = both
-    comparisons = sum(int(b.sum()) for b in picked.values())
-    normal = multiplier(spread_.n, comparisons, alpha)
+    # the normal band, for as many comparisons as (metric, epoch) pairs are compared
+    normal = multiplier(spread_.n, sum(int(both.sum()) for both in picked.values()))
     out = []
     for metric, both in picked.items():
         k = max(normal, TAIL_MARGIN * spread_.held_out_z(metric))
         std = spread_.std(metric)[both]
         out.append(Position(metric, np.flatnonzero(both), run.epoch(metric)[both],
                             spread_.mean(metric)[both], std,
-                            np.maximum(k * std, floors[metric]), k, floors[metric]))
+                            np.maximum(k * std, FLOORS[metric]), k, FLOORS[metric]))
     return out

@@ -71,8 +71,7 @@ def training_time(config: Config, cache_dir: str | Path | None = None) -> str:
     config = config.validate()
     if cache_status(config, cache_dir) == "fresh":
         return "already in this machine's run cache: it loads in seconds."
-    found = saved.find(config)
-    if found is None:
+    if (found := saved.find(config)) is None:
         return ("not trained on this machine yet.\n"
                 "The book has no saved run of these settings to say how long training takes.")
     p = found.provenance
@@ -99,12 +98,10 @@ def get(config: Config, *, replay: bool = True, retrain: bool = False,
     tmp = path.with_name(path.name + ".partial")
     # Only a checkpoint is worth keeping, if it has the same config, version and device type.
     try:
-        keep = runfolder.inspect_folder(tmp).kind == "unfinished"
-        if keep:
-            runfolder.check(tmp, config, resume=True, device=resolve_device(config.device))
-    except ValueError:       # another config, version or device, or a damaged checkpoint
-        keep = False
-    if not keep:             # start afresh
+        kind = runfolder.check(tmp, config, resume=True, device=resolve_device(config.device)).kind
+    except ValueError:       # no run, another config, version or device, or a damaged checkpoint
+        kind = None
+    if kind != "unfinished":     # start afresh
         shutil.rmtree(tmp, ignore_errors=True)
     run = train(config, progress=progress, callback=callback, out=tmp, resume="auto")
     (tmp / KEY_FILE).write_text(json.dumps(_stamp(config), indent=2, sort_keys=True))
