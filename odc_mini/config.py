@@ -107,7 +107,8 @@ class Config:
     feat_dim: int = setting(256, "neck output size (the features clustered)")
     hid_dim: int = setting(512, "neck hidden size")
     neck_bn_momentum: float = setting(0.01, "BatchNorm momentum in the neck")
-    # augmentation (OpenSelfSup's ODC pipeline at CIFAR's 32 px): RandomResizedCrop(32, scale=(crop_min_scale, 1)),
+    # augmentation (OpenSelfSup's ODC pipeline at CIFAR's 32 px):
+    # RandomResizedCrop(32, scale=(crop_min_scale, 1)),
     # flip, ColorJitter(brightness, contrast, saturation, hue) with probability jitter_p, grayscale
     crop_min_scale: float = setting(AUGMENT_REFERENCE["crop_min_scale"],
                                     "smallest crop, as a share of the image area")
