@@ -35,6 +35,11 @@ class Step(NamedTuple):
     change_ratio: torch.Tensor  # share of the batch whose label changed (NaN: no previous label)
     finite: torch.Tensor        # False when the loss or the features are NaN or inf
 
+    def row(self) -> torch.Tensor:
+        """(4,) the fields as one tensor of the loss's dtype (a row of the epoch's record)."""
+        finite = self.finite.to(self.loss.dtype)
+        return torch.stack([self.loss, self.acc, self.change_ratio, finite])
+
 
 @dataclass
 class Embedding:

@@ -55,8 +55,7 @@ def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, itera
         idx = order[b * batch_size:(b + 1) * batch_size]
         x = augment(images[idx], augment_cfg, *generators)
         step = method.train_step(x.contiguous(memory_format=torch.channels_last), idx)
-        rows.append(torch.stack([step.loss, step.acc, step.change_ratio,
-                                 step.finite.to(step.loss.dtype)]))
+        rows.append(step.row())
         if on_step is not None and on_step(b, step):
             break
     return rows

@@ -277,8 +277,7 @@ def data_parallel(method_class: type) -> type:
             share = slice(rank() * b // world, (rank() + 1) * b // world)
             with sharded_step():
                 step = super().train_step(x[share], idx[share])
-            row = sum_(torch.stack([step.loss, step.acc, step.change_ratio,
-                                    step.finite.to(step.loss.dtype)])) / world
+            row = sum_(step.row()) / world
             return Step(row[0], row[1], row[2], row[3] == 1)
 
         def global_batch(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -27,7 +27,6 @@ from .start import build, resolve_device
 from .stops import TrainingDiverged
 from ..config import Config
 from ..history import History
-from ..odc import ODC
 from ..train import Start, Training
 from ..version import __version__
 
@@ -86,7 +85,8 @@ class Session(Training):
                  callback: Callable[[History], None] | None):
         cfg, device = start.config, start.device
         if cfg.compile:
-            object.__setattr__(start.method, "forward_model", torch.compile(start.method.forward_model))
+            compiled = torch.compile(start.method.forward_model)
+            object.__setattr__(start.method, "forward_model", compiled)
         history = History({"config": cfg.to_dict(), "version": __version__, "device": str(device),
                            **kernels.machine(device),
                            "precision": resolve_precision(cfg.precision, device),
@@ -108,7 +108,7 @@ class Session(Training):
             self._stop_if_asked()
             self.run()
             self._stop_if_asked()
-        memory = self.method.memory if isinstance(self.method, ODC) else None
+        memory = getattr(self.method, "memory", None)     # ODC's memories; DeepCluster has none
         run = Run(self.cfg, self.history, self.model, memory,
                   provenance=runfolder.provenance(self.history))
         if self.writes:
@@ -139,7 +139,7 @@ class Session(Training):
 
     # ------------------------------------------------------------------ stops
     def _stop_if_asked(self) -> None:
-        if distributed.any_rank(self.interrupt.requested, self.device):
+        if self.should_stop():
             state = {"config": self.cfg.to_dict(), "epoch": self.epoch, "partial": self.partial}
             raise stops.interrupted(runfolder.describe_position(state), self.out)
 
