@@ -42,6 +42,26 @@ def test_step_overhead_table():
     assert float(rows["odc"][3]) == pytest.approx(ms_odc / ms_sup, rel=0.02, abs=2e-3)
 
 
+def test_quick_run_table(tmp_path):
+    out = run_script("quick_run.py", "--tiny", "--json", str(tmp_path / "r.json"))
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["bare_seconds"] > 0 and r["bare_flops"] > 0
+    for method, run in r["runs"].items():
+        assert run["bare"] > 0 and run["bare_samples"] == 3             # epochs 0, 1 and 2
+        # every phase's time is exclusive: nothing is counted twice, so what is left over for
+        # the loop itself is not negative
+        assert all(seconds >= 0 for seconds in run["seconds"].values()), run["seconds"]
+        assert run["steps"] == 2 * (256 // 32)                       # 2 epochs of 8 steps
+        assert run["precision"] == r["precision"]
+        step_phases = ("augmentation", "forward", "loss, backward, SGD update",
+                       "ODC memory step", "ODC loss weights", "loop, progress, other")
+        step = sum(run["seconds"].get(ph, 0.0) for ph in step_phases) / run["steps"]
+        assert r["ratios"][method] == pytest.approx(step / run["bare"])
+        assert f"{r['ratios'][method]:.3f}" in out
+    assert "ODC memory step" in r["runs"]["odc"]["seconds"]
+    assert r["runs"]["deepcluster"]["seconds"]["k-means"] > 0
+
+
 def test_deepcluster_epoch_table():
     rows = table_rows(run_script("deepcluster_epoch.py", "--tiny"), ["supervised", "deepcluster", "odc"])
     s_sup, s_dc, s_cluster = float(rows["supervised"][1]), float(rows["deepcluster"][1]), float(rows["deepcluster"][2])
