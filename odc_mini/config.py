@@ -1,7 +1,7 @@
 """One training run's settings, as plain values, with two budgets ("profiles").
 
 * ``quick``: the CPU budget of a laptop and of CI — a stratified 5,000-image subset of CIFAR-10,
-  the small CNN, 56 epochs, about 5 minutes per method on 2 cores.
+  the small CNN, 56 epochs, 2 to 4 minutes per method on 2 cores.
 * ``full``: one GPU — all 50,000 images, ResNet-18.
 
 A field left at ``None`` takes its profile's value; any field can be overridden::
@@ -35,8 +35,9 @@ SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no sub
 # are scaled to CIFAR-10 (OpenSelfSup has no CIFAR config): K = 100, min_cluster at ImageNet's
 # share of the mean cluster size (20 of 128 in configs/selfsup/odc/r50_v1.py), lr linear in batch.
 #
-# The quick profile is the budget of a laptop CPU: about 5 minutes per method on 2 cores. Its size
-# was searched for learning that shows (bench/quick_profile_search.py and its results file): on a
+# The quick profile is the budget of a laptop CPU: 2 to 4 minutes per method on 2 cores (bf16
+# or fp32, bench/quick_run.py). Its size was searched for learning that shows
+# (bench/quick_profile_search.py and its results file): on a
 # stratified 5,000-image subset, 56 epochs (about 2,200 iterations) raised ODC's kNN accuracy more
 # per minute than 10,000 images for half the epochs, milder crops, K = 30 or twice the learning
 # rate. min_cluster keeps the reference share of the mean cluster size N/K (0.16 x 50 = 8).
@@ -155,7 +156,8 @@ class Config:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", runs=True)
     precision: str = setting("auto", "float precision of the forward passes: auto is bf16 on GPUs "
                                      "with bf16 tensor cores, fp16 with a gradient scaler on "
-                                     "older ones (Colab's T4), fp32 on the CPU",
+                                     "older ones (Colab's T4); on the CPU bf16 where it has "
+                                     "native bf16 (AVX512_BF16, AMX), else fp32",
                              runs=True, choices=PRECISIONS)
     compile: bool = setting(False, "torch.compile the training forward pass (CUDA only)", runs=True)
 

@@ -65,6 +65,11 @@ def _cpuinfo(key: str) -> str | None:
     return None
 
 
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags (Linux; empty elsewhere)."""
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
 def pinnable() -> tuple[bool, str]:
     """Whether this machine can take the pinned path, and if not, why (one line)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -72,8 +77,8 @@ def pinnable() -> tuple[bool, str]:
                        f"{platform.machine() or 'unknown'}")
     if not torch.backends.mkl.is_available():
         return False, "this torch build has no MKL, whose reproducible mode the pinned path uses"
-    flags = _cpuinfo("flags")
-    has_avx2 = ({"avx2", "fma"} <= set(flags.split())) if flags is not None else \
+    flags = cpu_flags()
+    has_avx2 = {"avx2", "fma"} <= flags if flags else \
         torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     if not has_avx2:
         return False, "this processor lacks AVX2 and FMA, which the pinned path's kernels use"

@@ -4,7 +4,10 @@ and gradient scaler that carry it out (the methods take both as arguments).
 * a GPU with bf16 tensor cores (compute capability 8.0 and newer): bf16 autocast;
 * an older GPU (Colab's free T4 is 7.5: it would emulate bf16 slowly): fp16 autocast with a
   gradient scaler, so that small gradients do not underflow;
-* the CPU: fp32 (its bf16 is slow on processors without native bf16 instructions).
+* a CPU that computes bf16 natively (AVX512_BF16 or AMX, as the processor reports): bf16
+  autocast, about 1.6x the fp32 step of the quick profile on a 2-core Zen 4;
+* any other CPU, and the pinned kernel path (``kernels.py``, fp32 by definition): fp32, since
+  bf16 without those instructions is emulated and slower than fp32.
 """
 from __future__ import annotations
 
@@ -13,13 +16,16 @@ import functools
 
 import torch
 
+from . import kernels
+
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The precision ``"auto"`` stands for on ``device``; any other value is kept as asked."""
     if precision != "auto":
         return precision
     if device.type != "cuda":
-        return "fp32"
+        native = {"avx512_bf16", "amx_bf16"} & kernels.cpu_flags()     # bf16 instructions
+        return "bf16" if native and not kernels.is_pinned() else "fp32"
     return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
 
 
