@@ -102,8 +102,11 @@ def _channel_constants(values: tuple[float, ...], like: torch.Tensor) -> torch.T
 
 
 def _normalize_float(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] -> zero-mean, unit-variance per channel (CIFAR statistics)."""
-    return (x - _channel_constants(CIFAR_MEAN, x)) / _channel_constants(CIFAR_STD, x)
+    """(B, 3, H, W) float in [0, 1] -> zero-mean, unit-variance per channel (CIFAR statistics),
+    written straight into the channels-last layout that the network's convolutions take (the
+    values do not depend on the layout; this saves a copy per batch)."""
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    return torch.sub(x, _channel_constants(CIFAR_MEAN, x), out=out).div_(_channel_constants(CIFAR_STD, x))
 
 
 def _check_uint8_batch(x: torch.Tensor, fn: str) -> None:
@@ -118,7 +121,8 @@ def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
         x_uint8: (B, 3, H, W) uint8, any device.
 
     Returns:
-        (B, 3, H, W) float32 on the same device: ``(x / 255 - CIFAR_MEAN) / CIFAR_STD``.
+        (B, 3, H, W) float32 on the same device, channels-last:
+        ``(x / 255 - CIFAR_MEAN) / CIFAR_STD``.
     """
     _check_uint8_batch(x_uint8, "normalize")
     return _normalize_float(x_uint8.float().div_(255))
@@ -351,7 +355,8 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
             ``generator``.
 
     Returns:
-        (B, 3, H, W) float32, normalised, on ``x_uint8``'s device.
+        (B, 3, H, W) float32, normalised, on ``x_uint8``'s device, in the channels-last memory
+        layout (the network's; the values do not depend on the layout).
     """
     _check_uint8_batch(x_uint8, "augment")
     device = x_uint8.device
@@ -388,4 +393,4 @@ def augment(x_uint8: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         x = torch.where(do_gray[:, None, None, None], to_grayscale(x).expand_as(x), x)
 
     # 4. Normalise.
-    return _normalize_float(x).contiguous()
+    return _normalize_float(x)

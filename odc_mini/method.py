@@ -56,21 +56,24 @@ def _batches(model: nn.Module, images: torch.Tensor, batch_size: int, autocast: 
     """``model.embed`` of every batch of uint8 images (N, 3, H, W), normalised, channels_last."""
     for s in tqdm(range(0, images.shape[0], batch_size), desc=desc, leave=False,
                   disable=not progress):
-        x = normalize(images[s:s + batch_size]).contiguous(memory_format=torch.channels_last)
+        x = normalize(images[s:s + batch_size])        # channels-last, as the network is
         with autocast():
             yield model.embed(x)
 
 
-@torch.no_grad()
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
                  progress: bool = False, desc: str = "extract",
                  autocast: Autocast = contextlib.nullcontext) -> Embedding:
     """Run ``model.embed`` over uint8 images (N, 3, H, W) in eval mode; float32 outputs on the
-    images' device. The model's train/eval mode is restored afterwards."""
+    images' device. The model's train/eval mode is restored afterwards.
+
+    The passes run in inference mode (no autograd bookkeeping at all); the outputs are joined
+    outside it, so they are ordinary tensors that a linear probe can train on."""
     was_training = model.training
     model.eval()
-    parts = [(h.float(), z.float()) for h, z in _batches(model, images, batch_size, autocast,
-                                                          progress, desc)]
+    with torch.inference_mode():
+        parts = [(h.float(), z.float()) for h, z in _batches(model, images, batch_size, autocast,
+                                                              progress, desc)]
     model.train(was_training)
     return Embedding(torch.cat([h for h, _ in parts]), torch.cat([z for _, z in parts]))
 

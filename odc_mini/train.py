@@ -54,7 +54,7 @@ def train_epoch(method: Method, images: torch.Tensor, order: torch.Tensor, itera
     for b in range(start, iterations):
         idx = order[b * batch_size:(b + 1) * batch_size]
         x = augment(images[idx], augment_cfg, *generators)
-        step = method.train_step(x.contiguous(memory_format=torch.channels_last), idx)
+        step = method.train_step(x, idx)          # x is channels-last, as the network is
         rows.append(step.row())
         if on_step is not None and on_step(b, step):
             break
