@@ -133,8 +133,7 @@ class History:
         uncompressed: compressing 100 epochs of CIFAR-10 labels takes over a second."""
         payload = {"meta": np.array(json.dumps(self.meta)),
                    "epochs": np.array(json.dumps(self._epochs)),
-                   **{f"iter/{key}": self.iteration(key) for key in self._iters},
-                   **self.arrays}
+                   **{f"iter/{key}": self.iteration(key) for key in self._iters}, **self.arrays}
         buffer = io.BytesIO()
         (np.savez_compressed if compress else np.savez)(buffer, **payload)
         return buffer.getvalue()

@@ -351,9 +351,7 @@ class PCAWhitening:
         if self.mean is None or self.projection is None:
             raise RuntimeError("PCAWhitening.transform called before fit")
         if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
-            raise ValueError(
-                f"x must have shape (M, {self.mean.shape[0]}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (M, {self.mean.shape[0]}), got {tuple(x.shape)}")
         out = torch.empty(x.shape[0], self.dim, dtype=x.dtype, device=x.device)
         rows = _rows_per_block(x.shape[1], x.device)
         for start in range(0, x.shape[0], rows):

@@ -178,8 +178,7 @@ def provenance(history: History) -> dict:
     keys = ("machine", "device", "processes", "torch", "python", "cpu", "kernels",
             "kernel_fingerprint")
     return {**{k: history.meta[k] for k in keys if k in history.meta},
-            "odc_mini": history.meta.get("version"),
-            "wall_seconds": history.last("wall_seconds"),
+            "odc_mini": history.meta.get("version"), "wall_seconds": history.last("wall_seconds"),
             "train_seconds": history.last("train_seconds")}
 
 

@@ -33,8 +33,7 @@ from ..version import __version__
 __all__ = ["Run", "TrainingDiverged", "train"]
 
 
-def train(config: Config, progress: bool = True,
-          callback: Callable[[History], None] | None = None,
+def train(config: Config, progress: bool = True, callback: Callable[[History], None] | None = None,
           out: str | Path | None = None, resume: bool | str = False) -> Run:
     """Train ``config.method`` and record its dynamics. Returns a :class:`Run`.
 

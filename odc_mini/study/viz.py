@@ -49,10 +49,6 @@ def _as_dict(histories: History | Sequence[History] | Histories) -> dict[str, Hi
     return {NAMES.get(method_of(h), method_of(h)): h for h in histories}
 
 
-def _color(name: str, history: History) -> str | None:
-    return COLORS.get(method_of(history))
-
-
 def _label(name: str) -> str:
     """Display name: "odc" -> "ODC"; other names as given."""
     return NAMES.get(name, name)
@@ -105,7 +101,7 @@ def plot_epoch_metric(histories, key: str, ax=None, upto: float | None = None, b
         values = h.epoch(key) * scale
         epochs = np.arange(len(values))
         keep = ~np.isnan(values) & (epochs <= (np.inf if upto is None else upto))
-        ax.plot(epochs[keep], values[keep], "o-", ms=3, label=_label(name), color=_color(name, h))
+        ax.plot(epochs[keep], values[keep], "o-", ms=3, label=_label(name), color=COLORS.get(method_of(h)))
     if baseline:
         first = next(iter(_as_dict(histories).values()))
         ax.axhline(first.epoch(key)[0] * scale, ls="--", color=COLORS["random"], lw=1, label="random init")
@@ -120,7 +116,7 @@ def plot_iteration_metric(histories, key: str, ax=None, window: int = 20, upto: 
     for name, h in _as_dict(histories).items():
         x, y = h.iteration("epoch"), smooth(h.iteration(key), window)
         keep = x <= (np.inf if upto is None else upto)
-        ax.plot(x[keep], y[keep], lw=1.2, label=_label(name), color=_color(name, h))
+        ax.plot(x[keep], y[keep], lw=1.2, label=_label(name), color=COLORS.get(method_of(h)))
     ax.set(xlabel="epoch", ylabel=ylabel or key)
     return ax
 
@@ -135,7 +131,7 @@ def plot_cluster_sizes(histories, epoch: int | None = None, ax=None, min_cluster
         if f"sizes/{e}" not in h.arrays:
             continue
         sizes = np.sort(h.sizes(e))[::-1]
-        ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1.5, label=_label(name), color=_color(name, h))
+        ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1.5, label=_label(name), color=COLORS.get(method_of(h)))
     cfg = next(iter(hs.values())).meta.get("config", {}) if min_cluster else {}
     if cfg.get("min_cluster"):
         ax.axhline(cfg["min_cluster"], ls=":", color="k", lw=1, label="min_cluster")
