@@ -47,9 +47,14 @@ class Environment:
     cache_dir: Path
 
     def config(self, method: str = "odc", **overrides) -> Config:
-        """A validated Config for ``method`` in this environment; ``overrides`` as in Config."""
+        """A validated Config for ``method`` in this environment; ``overrides`` as in Config.
+
+        The chapters train in fp32 on a CPU, not ``auto`` (bf16 on processors with bf16
+        instructions): their worked examples re-compute steps of their runs and were written on
+        fp32 states (chapter 3's forced small cluster does not hold as written on a bf16 state).
+        """
         values = dict(profile=self.profile, device=self.device, data_root=self.data_root,
-                      download=self.download)
+                      download=self.download, precision="fp32" if self.device == "cpu" else "auto")
         return Config(method=method, **{**values, **overrides}).validate()
 
     def describe(self) -> str:
