@@ -1,8 +1,13 @@
-"""One training run's settings, as plain values, with two budgets ("profiles").
+"""One training run's settings, as plain values, with three budgets ("profiles").
 
 * ``quick``: the CPU budget of a laptop and of CI — a stratified 5,000-image subset of CIFAR-10,
-  the small CNN, 56 epochs, 2 to 4 minutes per method on 2 cores.
+  the small CNN, 56 epochs, 4 to 5 minutes per method on 2 cores in fp32.
+* ``medium``: a CPU in the background — the quick profile's network and settings on all 50,000
+  images, 40 epochs, about half an hour per method on 2 cores with native bf16.
 * ``full``: one GPU — all 50,000 images, ResNet-18.
+
+Every profile evaluates on all 10,000 test images (a kNN or linear-probe accuracy then has a
+standard error of about half a point).
 
 A field left at ``None`` takes its profile's value; any field can be overridden::
 
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 METHODS = ("odc", "deepcluster")
 ARCHS = ("small_cnn", "resnet18")
 DATASETS = ("cifar10", "synthetic")   # the names data.load_dataset accepts
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "medium", "full")
 SAMPLERS = ("replacement", "permutation")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PROFILE_ENV = "ODC_PROFILE"
@@ -35,8 +40,8 @@ SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no sub
 # are scaled to CIFAR-10 (OpenSelfSup has no CIFAR config): K = 100, min_cluster at ImageNet's
 # share of the mean cluster size (20 of 128 in configs/selfsup/odc/r50_v1.py), lr linear in batch.
 #
-# The quick profile is the budget of a laptop CPU: 2 to 4 minutes per method on 2 cores (bf16
-# or fp32, bench/quick_run.py). Its size was searched for learning that shows
+# The quick profile is the budget of a laptop CPU: 4 to 5 minutes per method on 2 cores in fp32,
+# less in bf16 (bench/quick_run.py). Its size was searched for learning that shows
 # (bench/quick_profile_search.py and its results file): on a
 # stratified 5,000-image subset, 56 epochs (about 2,200 iterations) raised ODC's kNN accuracy more
 # per minute than 10,000 images for half the epochs, milder crops, K = 30 or twice the learning
@@ -56,14 +61,22 @@ SYNTHETIC_DEFAULT = 1_000     # training images of the synthetic set when no sub
 # AugmentConfig.of reads a run's values from the Config fields of these names.
 AUGMENT_REFERENCE = dict(crop_min_scale=0.2, brightness=0.4, contrast=0.4, saturation=1.0,
                          hue=0.5, jitter_p=1.0, grayscale_p=0.2)
+_QUICK = dict(arch="small_cnn", dataset="cifar10", subset=5_000, epochs=56, batch_size=128, lr=0.1,
+              num_clusters=100, min_cluster=8, sobel=True, saturation=0.4, hue=0.1, jitter_p=0.8,
+              snapshot_size=2000, eval_batch_size=256, eval_interval=7, probe_interval=14)
+# The medium profile: the quick profile on all 50,000 images, as many epochs as a run of about
+# half an hour on 2 cores with native bf16 affords (bench/quick_run.py's machine), min_cluster at
+# the reference share of N/K (75, as in the full profile), a linear probe at every evaluation.
+MEDIUM_EPOCHS, MEDIUM_EVAL = 40, 5
 PROFILE_DEFAULTS = {
-    "quick": dict(arch="small_cnn", dataset="cifar10", subset=5_000, epochs=56, batch_size=128,
-                  lr=0.1, num_clusters=100, min_cluster=8, sobel=True, saturation=0.4, hue=0.1,
-                  jitter_p=0.8, snapshot_size=2000, eval_batch_size=256, eval_interval=7),
+    "quick": _QUICK,
+    "medium": {**_QUICK, **dict(subset=None, epochs=MEDIUM_EPOCHS, min_cluster=75,
+                                eval_batch_size=512, eval_interval=MEDIUM_EVAL,
+                                probe_interval=MEDIUM_EVAL)},
     "full": dict(arch="resnet18", dataset="cifar10", subset=None, epochs=100, batch_size=512,
                  lr=0.06, num_clusters=100, min_cluster=75, sobel=False,
                  **{key: AUGMENT_REFERENCE[key] for key in ("saturation", "hue", "jitter_p")},
-                 snapshot_size=2000, eval_batch_size=1024, eval_interval=1),
+                 snapshot_size=2000, eval_batch_size=1024, eval_interval=1, probe_interval=10),
 }
 
 
@@ -93,6 +106,8 @@ class Config:
     # data
     dataset: str | None = setting(None, f"the images {_PROFILE}", choices=DATASETS)
     subset: int | None = setting(None, f"training images, a stratified subset {_PROFILE}")
+    test_subset: int | None = setting(None, "test images evaluated, a stratified subset (default: "
+                                            "all)")
     # network and optimisation
     arch: str | None = setting(None, f"the backbone {_PROFILE}", choices=ARCHS)
     epochs: int | None = setting(None, f"training epochs {_PROFILE}")
@@ -146,7 +161,10 @@ class Config:
     snapshot_interval: int | None = setting(None, "least epochs between feature snapshots, "
                                                   "taken at evaluations (default: about 5 per run)")
     eval_batch_size: int | None = setting(None, f"batch size of feature extraction {_PROFILE}")
-    linear_probe: bool = setting(True, "train a linear probe at the first and last epoch")
+    linear_probe: bool = setting(True, "train linear probes (at the first and last epoch, and "
+                                       "every probe_interval epochs)")
+    probe_interval: int | None = setting(None, f"epochs between linear probes, at evaluations; 0: "
+                                               f"the first and last epoch only {_PROFILE}")
     seed: int = setting(0, "seed of the weights, the subset, the order and the augmentation")
     # where and how it runs (not part of the run's identity)
     data_root: str | None = setting(None, "folder holding cifar10.npz (default: $ODC_DATA, "
@@ -183,6 +201,9 @@ class Config:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
+        if not _is_int(self.probe_interval) or self.probe_interval < 0:
+            raise ValueError(f"probe_interval={self.probe_interval!r} must be an integer >= 0 "
+                             "(0: the first and last epoch only)")
         if not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr!r} must be a finite number > 0")
         if not isinstance(self.lr_decay, (int, float)) or not 0 < self.lr_decay <= 1:
@@ -191,8 +212,9 @@ class Config:
             raise ValueError(f"num_clusters={self.num_clusters} must be an integer, at least 2")
         if not _is_int(self.min_cluster) or self.min_cluster < 0:
             raise ValueError(f"min_cluster={self.min_cluster} must be an integer >= 0")
-        if self.subset is not None and (not _is_int(self.subset) or self.subset < 1):
-            raise ValueError(f"subset={self.subset} must be a positive number of images or None (all)")
+        for name in ("subset", "test_subset"):
+            if (value := getattr(self, name)) is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive number of images or None (all)")
         if not isinstance(self.device, str) or (self.device not in ("auto", "cpu")
                                                 and not self.device.startswith("cuda")):
             raise ValueError(f"unknown device {self.device!r}; accepted: auto, cpu, cuda, cuda:N")

@@ -326,12 +326,13 @@ def synthetic_images(num_classes: int = 10, per_class: int = 100, size: int = 32
 # ---------------------------------------------------------------------------------------------
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None,
-                 seed: int = 0, download: bool = False) -> tuple[ImageSet, ImageSet]:
+                 seed: int = 0, download: bool = False,
+                 test_subset: int | None = None) -> tuple[ImageSet, ImageSet]:
     """(train, test) ImageSets for ``name`` in :data:`DATASETS`.
 
     - ``"cifar10"``: :func:`load_cifar10` (``root``, ``download`` as there). With ``subset``,
-      train is a :func:`stratified_subset` of that size and test a stratified subset of
-      size ``min(10000, max(1000, subset // 5))``, both drawn with ``seed``.
+      train is a :func:`stratified_subset` of that size, and with ``test_subset`` test is one
+      of that size (all test images when it exceeds them), both drawn with ``seed``.
     - ``"synthetic"``: :func:`synthetic_images` with ``subset`` (default 1000) images in
       train (balanced over 10 classes) and a fifth as many (at least 10) in test, generated
       with a different seed (``seed + 10_000``) so they are new images. ``root`` and
@@ -349,11 +350,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
                 raise ValueError(f"subset={subset} is larger than the CIFAR-10 train set "
                                  f"({len(train)} images)")
             train = train.subset(stratified_subset(train.labels, subset, seed))
-            # The test subset: a fifth of the train subset so that evaluation stays cheap, but
-            # at least 1000 so that kNN/linear accuracy is not too noisy (1 image = 0.1 %), and
-            # at most 10,000 (len(test) is smaller only in the tests' small files).
-            n_test = min(len(test), CIFAR_SIZES["test"], max(1000, subset // 5))
-            test = test.subset(stratified_subset(test.labels, n_test, seed))
+        if test_subset is not None and test_subset < len(test):
+            test = test.subset(stratified_subset(test.labels, test_subset, seed))
         return train, test
 
     # synthetic: generate whole classes, then trim to exactly ``subset`` if it is not a

@@ -56,7 +56,8 @@ class Recorder:
                                 autocast=self.method.autocast)
         out["knn_top1"] = knn_accuracy(train_emb.backbone, self.train_set.labels, test_emb.backbone,
                                        self.test_set.labels, k=cfg.knn_k, temperature=cfg.knn_temperature)
-        if cfg.linear_probe and (epoch == 0 or final):
+        if cfg.linear_probe and (epoch == 0 or final or (
+                cfg.probe_interval and epoch % cfg.probe_interval == 0)):
             out["linear_top1"] = linear_probe(train_emb.backbone, self.train_set.labels,
                                               test_emb.backbone, self.test_set.labels, seed=cfg.seed)
         # A snapshot at epoch 0, at the last epoch, and at the first evaluation at least

@@ -135,9 +135,13 @@ def test_load_dataset_cifar10_subset(tmp_path):
     train, test = load_dataset("cifar10", tmp_path, subset=50, seed=3)
     assert len(train) == 50
     assert torch.bincount(train.labels, minlength=10).tolist() == [5] * 10
-    assert len(test) == 100        # min(10000, max(1000, 50 // 5)) = 1000, capped by the file
+    assert len(test) == 100        # every test image, whatever the train subset
     with pytest.raises(ValueError, match="subset=201"):
         load_dataset("cifar10", tmp_path, subset=201)
+    _, test = load_dataset("cifar10", tmp_path, subset=50, seed=3, test_subset=30)
+    assert torch.bincount(test.labels, minlength=10).tolist() == [3] * 10
+    _, whole = load_dataset("cifar10", tmp_path, test_subset=500)    # more than there are: all
+    assert torch.equal(whole.labels, load_cifar10(tmp_path)[1].labels)
 
 
 def test_load_dataset_unknown_name():

@@ -102,7 +102,10 @@ SETTINGS = [
     (["--method", "kmeans"], "unknown method 'kmeans'; accepted: odc, deepcluster"),
     (["--arch", "vgg"], "unknown arch 'vgg'; accepted: small_cnn, resnet18"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: cifar10, synthetic"),
-    (["--profile", "huge"], "unknown profile 'huge'; accepted: quick, full"),
+    (["--profile", "huge"], "unknown profile 'huge'; accepted: quick, medium, full"),
+    (["--probe-interval", "-1"], "probe_interval=-1 must be an integer >= 0 (0: the first and "
+                                 "last epoch only)"),
+    (["--test-subset", "0"], "test_subset=0 must be a positive number of images or None (all)"),
     (["--device", "tpu"], "unknown device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
     (["--device", "cuda:x"], "unknown device 'cuda:x'; accepted: auto, cpu, cuda, cuda:N"),
 ]

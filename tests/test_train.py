@@ -71,6 +71,14 @@ def test_history_records_what_the_book_draws(odc_run, dc_run):
     assert np.isnan(dc_run.history.iteration("change_ratio")[:12]).all()
 
 
+def test_linear_probe_at_the_ends_and_every_probe_interval_at_evaluations():
+    cfg = synthetic_config("odc", subset=200, batch_size=50, epochs=5, eval_interval=2,
+                           linear_probe=True, probe_interval=4, min_cluster=2)
+    h = train(cfg, progress=False).history
+    assert np.flatnonzero(~np.isnan(h.epoch("knn_top1"))).tolist() == [0, 2, 4, 5]
+    assert np.flatnonzero(~np.isnan(h.epoch("linear_top1"))).tolist() == [0, 4, 5]
+
+
 def test_relabelled_fraction_matches_label_arrays(odc_run):
     h = odc_run.history
     for e in range(1, h.num_epochs + 1):

@@ -72,7 +72,7 @@ def build(config: Config, device: torch.device | str | None = None, *,
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     train_set, test_set = load_dataset(cfg.dataset, cfg.data_root, cfg.subset, cfg.seed,
-                                       cfg.download)
+                                       cfg.download, cfg.test_subset)
     cfg.check_against_data(len(train_set))
     train_set, test_set = train_set.to(device), test_set.to(device)
     model = build_model(cfg, device)
