@@ -40,6 +40,20 @@ def test_verdicts_count_the_seeds_paired():
         analysis.compare({0: fake(0.5)}, {0: fake(0.4), 1: fake(0.4)}, "knn_top1")
 
 
+def test_gaps_pair_the_seeds_at_the_epochs_all_measured():
+    def run(knn):
+        h = History()
+        for epoch, value in enumerate(knn):
+            h.add_epoch(epoch=epoch, knn_top1=value)
+        return h
+    nan = float("nan")
+    a = {0: run([0.3, nan, 0.5, 0.6]), 1: run([0.2, 0.3, 0.4, 0.5]), 7: run([0.1, 0.1, 0.1, 0.1])}
+    b = {0: run([0.3, 0.2, 0.4, 0.4]), 1: run([0.3, 0.3, nan, 0.3])}
+    epochs, d = analysis.gaps(a, b, "knn_top1")
+    assert epochs.tolist() == [0, 3]                   # epoch 1 and 2 each miss one value
+    np.testing.assert_allclose(d, [[0.0, 0.2], [-0.1, 0.2]])   # seeds 0 and 1; seed 7 is unpaired
+
+
 def test_table_gives_mean_and_sample_sd_per_group():
     groups = {"A": {0: fake(0.50), 1: fake(0.40)}, "B": {0: fake(0.30), 1: fake(0.20)}}
     header, rows = analysis.table(groups, metrics=("knn_top1", "change_ratio"), compare_to="A")

@@ -71,3 +71,28 @@ def test_golden_run_is_within_seed_noise_on_this_machines_kernels(method):
     for p in positions:
         assert len(p.epochs) >= 2, p            # kNN every epoch, the linear probe at 0 and 3
     assert all(p.within for p in positions), report
+    finals = seeds.locate(mine, spread, seeds.FINAL_METRICS, last_only=True)   # chapter 8's
+    assert [p.metric for p in finals] == list(seeds.FINAL_METRICS)
+    assert all(p.within for p in finals), "\n".join(p.describe() for p in finals)
+
+
+def broken_runs():
+    """ODC broken two ways: a memory that hardly moves, and labels never re-assigned."""
+    yield "momentum 0.01", {"momentum": 0.01}, None
+    frozen = lambda self, idx, feats, iteration: (torch.zeros(()), 0)   # no memory update
+    yield "labels never re-assigned", {}, frozen
+
+
+@pytest.mark.parametrize("why, overrides, step", list(broken_runs()),
+                         ids=[why for why, _, _ in broken_runs()])
+def test_a_broken_odc_run_fails_the_final_check(why, overrides, step, monkeypatch):
+    from odc_mini.memory import ODCMemory
+    if step is not None:
+        monkeypatch.setattr(ODCMemory, "step", step)
+    config = experiments.get("golden-odc").config(data_root=str(DATA), device="cpu", **overrides)
+    broken = train(config, progress=False).history
+    finals = seeds.locate(broken, seeds.spread_of("golden-odc", exclude=[0]), seeds.FINAL_METRICS,
+                          last_only=True)
+    report = "\n".join(p.describe() for p in finals)
+    print(f"golden-odc with {why}:\n{report}")
+    assert not all(p.within for p in finals), report

@@ -73,6 +73,23 @@ def test_locate_finds_a_planted_move_at_its_epoch():
     assert "OUTSIDE seed noise; largest at epoch 2" in knn.describe()
 
 
+def test_last_only_compares_the_final_epoch_with_a_narrower_band():
+    rng = np.random.default_rng(4)
+    spread = seeds.spread(noisy_runs(6, rng))
+    moved = {k: list(spread.mean(k)) for k in spread.values}
+    moved["knn_top1"][2] += 20 * spread.std("knn_top1")[2]     # a move before the last epoch
+    finals = seeds.locate(history(moved), spread, ("knn_top1", "loss"), last_only=True)
+    assert [p.metric for p in finals] == ["knn_top1", "loss"]
+    assert all(list(p.epochs) == [3] and p.within for p in finals)    # not seen at the end
+    # 2 comparisons in all instead of 7, unless a held-out seed of the 6 lands further out
+    for p in finals:
+        assert p.multiplier == pytest.approx(max(seeds.multiplier(6, 2), seeds.TAIL_MARGIN *
+                                                 spread.held_out_z(p.metric, [3])))
+    assert finals[0].multiplier < seeds.locate(history(moved), spread)[0].multiplier
+    moved["knn_top1"][3] += 20 * spread.std("knn_top1")[3]
+    assert not seeds.locate(history(moved), spread, ("knn_top1",), last_only=True)[0].within
+
+
 def test_the_floor_applies_where_the_seeds_agree():
     same = {s: history({"drift": [0.5, 0.4, 0.3]}) for s in range(5)}
     spread = seeds.spread(same)

@@ -240,3 +240,32 @@ def test_sweep_figure_plots_every_seeds_summary_and_their_mean():
                                    [min(per_seed[30]), max(per_seed[30])])
         assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [10, 30, 100]
     viz.plt.close(fig)
+
+
+def test_final_check_figure_draws_each_runs_value_band_and_the_seeds():
+    from odc_mini.study import seeds
+    rng = np.random.default_rng(0)
+    runs = {}
+    for s in range(5):
+        h = History()
+        for e, base in enumerate([0.30, 0.40]):
+            h.add_epoch(epoch=e, knn_top1=base + rng.normal(0, 0.01))
+        runs[s] = h
+    spread = seeds.spread(runs)
+    good, bad = History(), History()
+    for h, end in ((good, spread.mean("knn_top1")[-1]), (bad, 0.9)):
+        h.add_epoch(epoch=0, knn_top1=0.3)
+        h.add_epoch(epoch=1, knn_top1=end)
+    checks = {name: (seeds.locate(h, spread, ("knn_top1",), last_only=True), spread)
+              for name, h in (("good", good), ("bad", bad))}
+    fig = viz.final_check_figure(checks)
+    ax = fig.axes[0]
+    markers = [(line.get_marker(), line.get_ydata()[0]) for line in ax.get_lines()
+               if line.get_marker() in ("o", "X")]
+    assert markers == [("o", pytest.approx(100 * good.last("knn_top1"))), ("X", pytest.approx(90))]
+    p = checks["bad"][0][0]
+    bars = [line.get_ydata() for line in ax.get_lines() if line.get_linewidth() == 9]
+    np.testing.assert_allclose(bars[1], 100 * (p.mean[-1] + np.array([-1, 1]) * p.band[-1]))
+    dots = [line.get_ydata() for line in ax.get_lines() if line.get_marker() == "."]
+    np.testing.assert_allclose(dots[0], 100 * spread.values["knn_top1"][:, -1])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["good", "bad"]

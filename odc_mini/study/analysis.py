@@ -189,6 +189,16 @@ def compare(a: dict[int, History], b: dict[int, History], metric: str,
                       finals({s: b[s] for s in seeds}, metric, churn_from))
 
 
+def gaps(a: dict[int, History], b: dict[int, History], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(epochs, differences)``: ``metric`` of group ``a`` minus that of group ``b`` at every
+    epoch that both measured in each seed they share, paired by seed, as a (seeds, epochs) array:
+    how a gap opens or closes as training goes on."""
+    seeds = sorted(set(a) & set(b))
+    rows = np.stack([a[s].epoch(metric) - b[s].epoch(metric) for s in seeds])
+    measured = ~np.isnan(rows).any(axis=0)
+    return np.flatnonzero(measured), rows[:, measured]
+
+
 def mean_sd(values) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
     v = np.asarray(list(values), dtype=np.float64)

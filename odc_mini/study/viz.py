@@ -11,7 +11,7 @@ chapter draws the same figure while a run trains and when it replays a saved run
   it), :func:`migration_scrubber` (which images change cluster, both runs in lock-step);
 * labels over time: :func:`label_changes`, :func:`plot_label_changes`;
 * images: :func:`image_grid`, :func:`cluster_gallery`;
-* seed noise: :func:`seed_spread_figure` (a run against the spread of other seeds' runs).
+* seed noise: :func:`final_check_figure` (runs' final numbers against other seeds').
 
 **Widgets on the static site.** The built book runs no Python, so a slider cannot redraw a
 figure there. :func:`scrubber` therefore renders every frame up front as a PNG, puts the frames
@@ -22,6 +22,7 @@ does in JupyterLab or Colab.
 from __future__ import annotations
 
 import io
+import textwrap
 import warnings
 from typing import Callable, Mapping, Sequence
 
@@ -29,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..history import History
+from .analysis import METRICS
 
 COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "random": "#7f7f7f"}
 NAMES = {"odc": "ODC", "deepcluster": "DeepCluster"}
@@ -185,45 +187,39 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
 
 
 # ---------------------------------------------------------------------------------- seed noise
-SPREAD_LABELS = {"loss": ("training loss (epoch mean)", False),
-                 "knn_top1": ("kNN top-1 (%)", True),
-                 "linear_top1": ("linear probe top-1 (%)", True),
-                 "nmi_classes": ("NMI(labels, classes)", False),
-                 "nmi_previous": ("NMI(labels t−1, labels t)", False),
-                 "change_ratio": ("labels changed per batch (%)", True),
-                 "drift": ("centroid drift (mean L2)", False)}
-
-
-def seed_spread_figure(run: History, spread, positions, label: str = "your run",
-                       title: str | None = None):
-    """One panel per metric of ``positions`` (:func:`odc_mini.study.seeds.locate`): the other seeds'
-    runs (thin grey), their mean and the band a run must stay in (shaded), and ``run`` (bold, in
-    its method's colour); a red ring marks an epoch where ``run`` is outside the band."""
-    cols = 3
-    rows = -(-(len(positions) + 1) // cols)       # a spare panel holds the legend
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.1 * rows), squeeze=False)
-    color = COLORS.get(method_of(run), "k")
-    for ax, p in zip(axes.flat, positions):
-        ylabel, percent = SPREAD_LABELS.get(p.metric, (p.metric, False))
-        scale = 100.0 if percent else 1.0
-        for i, seed_values in enumerate(spread.values[p.metric]):
-            ax.plot(p.epochs, seed_values[p.epochs] * scale, color="0.6", lw=0.8,
-                    label=f"{spread.n} other seeds" if i == 0 else None)
-        ax.fill_between(p.epochs, (p.mean - p.band) * scale, (p.mean + p.band) * scale,
-                        color="0.85", label="accepted band", zorder=0)
-        ax.plot(p.epochs, p.value * scale, "o-", ms=3, lw=2, color=color, label=label)
-        outside = np.abs(p.deviation) > p.band
-        ax.plot(p.epochs[outside], p.value[outside] * scale, "o", ms=10, mfc="none",
-                mec="red", mew=1.5, label="outside" if outside.any() else None)
-        ax.set(xlabel="epoch", ylabel=ylabel)
-    for ax in axes.flat[len(positions):]:
+def final_check_figure(checks: Mapping[str, tuple], title: str | None = None):
+    """Chapter 8's check, one panel per metric: for each run of ``checks`` (label -> (positions of
+    :func:`~odc_mini.study.seeds.locate` with ``last_only=True``, the seed spread)), the other
+    seeds' final values (grey dots), the accepted band around their mean (grey bar) and the run's
+    value (a dot, or a red cross where it is outside the band)."""
+    metrics = [p.metric for p in next(iter(checks.values()))[0]]
+    rows = -(-len(metrics) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 3.3 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if len(positions) < rows * cols:      # the spare panel
-        axes.flat[-1].legend(handles, labels, loc="center", fontsize=10, frameon=False)
-    else:
-        axes.flat[0].legend(fontsize=10)
-    fig.suptitle(title or f"{label} against {spread.n} other seeds", fontsize=12)
+    for ax, metric in zip(axes.flat, metrics):
+        what, _, percent = METRICS[metric]
+        scale = 100.0 if percent else 1.0
+        for x, (positions, spread) in enumerate(checks.values()):
+            p = next(q for q in positions if q.metric == metric)
+            ax.plot([x, x], scale * (p.mean[-1] + np.array([-1, 1]) * p.band[-1]), color="0.85",
+                    lw=9, solid_capstyle="butt", zorder=0)
+            ax.plot(np.full(spread.n, x - 0.18), scale * spread.values[metric][:, -1], ".",
+                    color="0.45")
+            ax.plot(x, scale * p.value[-1], "o" if p.within else "X", ms=9,
+                    color="#2ca02c" if p.within else "red")
+        ax.set_xticks(range(len(checks)), [textwrap.fill(label, 11) for label in checks],
+                      fontsize=9)
+        ax.set_xlim(-0.6, len(checks) - 0.4)
+        ax.set_title(textwrap.fill(what + (" (%)" if percent else ""), 22), fontsize=10)
+    if len(metrics) < axes.size:                 # a spare panel says what the marks are
+        marks = [([0], [0], dict(marker=".", color="0.45", ls="none"), "the other seeds"),
+                 ([0], [0], dict(color="0.85", lw=9), "accepted band"),
+                 ([0], [0], dict(marker="o", ms=9, color="#2ca02c", ls="none"), "within"),
+                 ([0], [0], dict(marker="X", ms=9, color="red", ls="none"), "outside")]
+        axes.flat[-1].legend([plt.Line2D(x, y, **kw) for x, y, kw, _ in marks],
+                             [label for *_, label in marks], loc="center", frameon=False)
+    fig.suptitle(title or "final numbers against the other seeds", fontsize=12)
     fig.tight_layout()
     return fig
 
