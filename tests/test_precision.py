@@ -106,8 +106,16 @@ def test_half_precision_trains_and_resumes_bit_identically(method, precision, tm
         assert scaler["scale"] > 0      # the loss scale is checkpointed
     else:
         assert scaler is None           # bf16 has fp32's range: no scaler
-    resumed = train(tiny(method=method, precision=precision, **HALF_SIZE), progress=False,
+    assert state["precision"] == precision
+    # A resumed run keeps the precision it started in: asking for another one is refused before
+    # any work, and "auto" (fp32 or bf16 on a CPU, never fp16) continues in the run's own.
+    other = "fp32"
+    with pytest.raises(ValueError, match=f"trains in {precision}; precision='{other}' would"):
+        train(tiny(method=method, precision=other, **HALF_SIZE), progress=False, out=out,
+              resume=True)
+    resumed = train(tiny(method=method, precision="auto", **HALF_SIZE), progress=False,
                     out=out, resume=True)
+    assert resumed.history.meta["precision"] == precision
     for key in ("loss", "acc", "change_ratio"):
         np.testing.assert_array_equal(resumed.history.iteration(key), whole.history.iteration(key))
     for name, value in whole.model.state_dict().items():

@@ -13,6 +13,7 @@ the finished run) is ``runfolder.py``; how a run stops early (signals, divergenc
 """
 from __future__ import annotations
 
+
 import time
 from pathlib import Path
 from typing import Callable
@@ -73,7 +74,11 @@ def train(config: Config, progress: bool = True, callback: Callable[[History], N
     distributed.barrier()                  # every rank has looked at ``out`` before rank 0 writes
     if isinstance(saved, Run):
         return saved                       # resume=True on a finished run: nothing left to do
-    start = build(cfg, device, recalibrate=saved is None)
+    kept = saved.get("precision") if saved is not None else None   # a resumed run keeps its own
+    if kept is not None and cfg.precision not in ("auto", kept):
+        raise ValueError(f"the run in {out} trains in {kept}; precision={cfg.precision!r} would "
+                         "change it mid-run (use auto)")
+    start = build(cfg, device, recalibrate=saved is None, precision=kept)
     return Session(start, out, progress, callback).run_all(saved)
 
 
@@ -153,6 +158,7 @@ class Session(Training):
         history = np.frombuffer(self.history.to_bytes(compress=False), dtype=np.uint8)
         runfolder.write_checkpoint(self.out, {
             "config": self.cfg.to_dict(), "device_type": self.device.type,
+            "precision": self.history.meta["precision"],
             "epoch": self.epoch, "partial": runfolder.to_cpu(self.partial),
             "method": runfolder.to_cpu(self.method.state_dict()),   # network, memories, optimiser
             "recorder": runfolder.to_cpu(self.recorder.state_dict()),

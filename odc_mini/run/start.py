@@ -62,10 +62,10 @@ def build_model(cfg: Config, device: torch.device) -> ClusterNet:
 
 
 def build(config: Config, device: torch.device | str | None = None, *,
-          recalibrate: bool = True) -> Start:
+          recalibrate: bool = True, precision: str | None = None) -> Start:
     """The start state of ``config``'s run (see the module docstring). ``device`` defaults to
     the config's; ``recalibrate=False`` skips the BatchNorm recalibration (a run about to be
-    restored from a checkpoint)."""
+    restored from a checkpoint); ``precision`` replaces the config's (a resumed run's own)."""
     cfg = config.validate()
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     random.seed(cfg.seed)                  # every global generator the run draws from
@@ -81,7 +81,7 @@ def build(config: Config, device: torch.device | str | None = None, *,
         "augment": torch.Generator(device=device).manual_seed(cfg.seed),
         "order": torch.Generator().manual_seed(cfg.seed),   # colour-op order: host side, no sync
     }
-    precision = passes(device, cfg.precision)
+    precision = passes(device, precision or cfg.precision)
     if recalibrate and cfg.recalibrate_bn:
         # before the baseline's evaluation too: the random network at its best
         recalibrate_batchnorm(model, train_set.images, cfg.eval_batch_size, precision["autocast"])
