@@ -209,7 +209,7 @@ def final_check_figure(checks: Mapping[str, tuple], title: str | None = None):
             ax.plot(x, scale * p.value[-1], "o" if p.within else "X", ms=9,
                     color="#2ca02c" if p.within else "red")
         ax.set_xticks(range(len(checks)), [textwrap.fill(label, 11) for label in checks],
-                      fontsize=9)
+                      fontsize=10)
         ax.set_xlim(-0.6, len(checks) - 0.4)
         ax.set_title(textwrap.fill(what + (" (%)" if percent else ""), 22), fontsize=10)
     if len(metrics) < axes.size:                 # a spare panel says what the marks are
