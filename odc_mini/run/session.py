@@ -13,7 +13,6 @@ the finished run) is ``runfolder.py``; how a run stops early (signals, divergenc
 """
 from __future__ import annotations
 
-
 import time
 from pathlib import Path
 from typing import Callable

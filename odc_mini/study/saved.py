@@ -3,7 +3,7 @@ with the package, each with the command that trained it and the machine it ran o
 
     from odc_mini.study import saved
     saved.names()                             # what is there
-    run = saved.load("quick-odc")              # a Run: .config, .history, .provenance, .name
+    run = saved.load("quick-odc")             # a Run: .config, .history, .provenance, .name
     run = saved.find(config)                  # the saved run of this config's identity, or None
     saved.differences(mine.history, run.history)  # [] when bit-identical (one kernel path)
 
