@@ -13,12 +13,12 @@ TINY = dict(profile="quick", dataset="synthetic", subset=240, epochs=5, batch_si
             eval_batch_size=240, eval_interval=2, linear_probe=False, device="cpu")
 
 
-def fake(knn: float, churn: float = 0.1) -> History:
-    """A one-epoch history whose summary has the given kNN accuracy and churn."""
+def fake(knn: float, churn: float = 0.1, linear: float = 0.4) -> History:
+    """A one-epoch history whose summary has the given kNN and linear accuracy and churn."""
     h = History()
     h.add_iterations(change_ratio=np.full(4, churn), epoch=np.linspace(0.25, 1, 4))
     h.add_epoch(epoch=0, knn_top1=0.3, linear_top1=0.3)
-    h.add_epoch(epoch=1, knn_top1=knn, linear_top1=0.4, drift=0.1)
+    h.add_epoch(epoch=1, knn_top1=knn, linear_top1=linear, drift=0.1)
     return h
 
 
@@ -109,3 +109,20 @@ def test_feature_drift_is_the_same_measure_for_both_methods(method):
         expected[now] = np.linalg.norm(b[both] - a[both], axis=1).mean()
     np.testing.assert_allclose(recorded, expected, atol=2e-3)      # float16 snapshots
     assert np.isfinite(recorded[evaluated[1:]]).all()
+
+
+def test_headline_names_the_winner_only_when_every_measure_agrees_in_every_seed():
+    def group(knns, linears):
+        return {seed: fake(knn, linear=linear) for seed, (knn, linear) in enumerate(zip(knns, linears))}
+    a = group([0.50, 0.41, 0.46], [0.60, 0.55, 0.58])
+    b = group([0.48, 0.40, 0.45], [0.59, 0.54, 0.57])
+    knn_a, knn_b = np.array([50, 41, 46.0]), np.array([48, 40, 45.0])
+    text = analysis.headline(a, b, "ODC", "DC")
+    assert text.startswith("ODC learns better features than DC: ")
+    assert (f"kNN top-1 {knn_a.mean():.1f} ± {knn_a.std(ddof=1):.1f}% against "
+            f"{knn_b.mean():.1f} ± {knn_b.std(ddof=1):.1f}%, higher for ODC in all 3 seeds "
+            f"(by {np.mean(knn_a - knn_b):+.1f} points on average)") in text
+    assert analysis.headline(b, a, "DC", "ODC").startswith("ODC learns better features than DC")
+    b[2] = fake(0.45, linear=0.59)      # one seed of one measure goes the other way
+    assert analysis.headline(a, b, "ODC", "DC").startswith(
+        "neither ODC nor DC learns better features by every measure in every seed")

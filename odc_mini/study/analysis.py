@@ -19,6 +19,7 @@ methods are against how far apart the seeds are.
     table = analysis.table(groups)                # mean ± sd per metric and group
     c = analysis.compare(groups["ODC"], groups["DeepCluster"], "knn_top1")
     c.sentence("ODC", "DeepCluster")              # "kNN top-1 is higher for ODC than for ..."
+    analysis.book_answer("medium")                # the book's answer, one sentence
 """
 from __future__ import annotations
 
@@ -187,6 +188,36 @@ def compare(a: dict[int, History], b: dict[int, History], metric: str,
         raise ValueError(f"a comparison needs at least 2 seeds that both groups have; got {seeds}")
     return Comparison(metric, finals({s: a[s] for s in seeds}, metric, churn_from),
                       finals({s: b[s] for s in seeds}, metric, churn_from))
+
+
+def headline(a: dict[int, History], b: dict[int, History], name_a: str, name_b: str,
+             metrics=("knn_top1", "linear_top1")) -> str:
+    """The book's answer as one sentence, from the seed verdicts of ``metrics`` (paired by seed):
+    which group learns better features, or that neither does by every measure in every seed,
+    with each measure's mean ± sd per group and its verdict."""
+    comparisons = [compare(a, b, metric) for metric in metrics]
+    words = {c.verdict.split()[0] for c in comparisons}
+    lead = {"higher": f"{name_a} learns better features than {name_b}",
+            "lower": f"{name_b} learns better features than {name_a}"}.get(
+        words.pop() if len(words) == 1 else "", f"neither {name_a} nor {name_b} learns better "
+                                                 "features by every measure in every seed")
+    parts = []
+    for c in comparisons:
+        percent = METRICS[c.metric][2]
+        (ma, sa), (mb, sb) = (mean_sd(np.array(list(g.values())) * (100 if percent else 1))
+                              for g in (c.a, c.b))
+        digits, unit = (1, "%") if percent else (3, "")
+        parts.append(f"{METRICS[c.metric][0]} {ma:.{digits}f} ± {sa:.{digits}f}{unit} against "
+                     f"{mb:.{digits}f} ± {sb:.{digits}f}{unit}, {c.verdict.replace('er in', 'er for ' + name_a + ' in')} "
+                     f"(by {c._fmt(c.differences.mean(), True)} on average)")
+    return f"{lead}: " + "; ".join(parts)
+
+
+def book_answer(profile: str) -> str:
+    """The book's answer at a profile ("quick" or "medium"): :func:`headline` of ODC against
+    DeepCluster at its reference settings, over the saved seeds of both."""
+    pair = load_groups({"ODC": f"{profile}-odc", "DC": f"{profile}-deepcluster-ref"})
+    return headline(pair["ODC"], pair["DC"], "ODC", "DeepCluster at its reference settings")
 
 
 def gaps(a: dict[int, History], b: dict[int, History], metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -148,9 +148,9 @@ def rerun_pinned(argv: list[str]) -> int:
 def experiment_command(args: argparse.Namespace) -> int:
     """``python -m odc_mini experiment``: list, train and save, or save a run trained elsewhere."""
     if args.list or not args.names:
-        present = set(saved.names(args.saved_dir))
+        present, width = set(saved.names(args.saved_dir)), max(map(len, experiments.EXPERIMENTS)) + 2
         for name, exp in experiments.EXPERIMENTS.items():
-            print(f"{'saved' if name in present else '-':6s}{name:26s}{exp.about}")
+            print(f"{'saved' if name in present else '-':6s}{name:{width}s}{exp.about}")
         return 0
     chosen = [experiments.get(name) for name in args.names]     # every name before any work
     notes = {}
