@@ -118,3 +118,35 @@ def test_prose_refers_only_to_numbers_glued_above_it(path):
                 if not any(p.fullmatch(ref) for p in glued):
                     late.append(f"cell {i}: {{{{{ref}}}}}")
     assert not late, f"{path.name}: text refers to numbers not glued above it: {late}"
+
+
+@pytest.mark.parametrize("template, value", [
+    ("It peaks at 6.4 (epoch\n{{v}}) and ends", "1"),      # the defect once shipped: "1)" opens a list
+    ("It peaks at 6.4 (epoch\n{{v}}) and ends", "12"),     # inside a paragraph only 1 opens one
+    ("The batch holds\n{{v}}. Then the step", "128"),
+    ("The batch holds\n{{v}}. Then the step", "1"),
+    ("{{v}}. starts the text", "3"),
+    ("First paragraph.\n\n{{v}} starts the second", "2."),
+    ("a gap of\n{{v}} points", "-1.2"),
+    ("a gap of\n{{v}} points", "- 1.2"),
+    ("a ratio of\n{{v}} at most", "> 2"),
+    ("* {{v}} in a bullet of its own", "1."),
+])
+def test_prose_refuses_a_glued_value_that_opens_a_list_or_quote(template, value):
+    """nbk.prose raises exactly when Markdown (markdown-it, CommonMark, which myst-nb uses and
+    JupyterLab and Colab follow) turns the text into more blocks than the template without the
+    value: a list item or a quote the writer did not mean."""
+    from markdown_it import MarkdownIt
+    from odc_mini.study import notebook as nbk
+
+    def blocks(text):
+        return [t.type for t in MarkdownIt("commonmark").parse(text)
+                if t.type in ("bullet_list_open", "ordered_list_open", "blockquote_open")]
+    nbk.glue("v", value)
+    meant = blocks(template.replace("{{v}}", "word"))
+    broken = blocks(template.replace("{{v}}", value)) != meant
+    if broken:
+        with pytest.raises(ValueError, match="opens a Markdown list or quote"):
+            nbk.prose(template)
+    else:
+        assert nbk.prose(template).data == template.replace("{{v}}", value)

@@ -127,19 +127,36 @@ def glue(name: str, value, fmt: str | None = None) -> None:
 
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+# Lines that Markdown (CommonMark, as the book, JupyterLab and Colab render it) turns into a list
+# item or a quote: at a paragraph's start any "N." / "N)"; inside a paragraph only "1." / "1)"
+# with text after it; "-", "+" or "*" with text after it, and ">" anywhere.
+_OPENS_BLOCK = re.compile(r" {0,3}(1[.)] +\S|[-+*] +\S|>)")
+_OPENS_BLOCK_FIRST = re.compile(r" {0,3}(\d{1,9}[.)]( |$)|[-+*] +\S|>)")
+_ITEM = re.compile(r" *([-+*]|\d{1,9}[.)]) +")
 
 
 def prose(text: str):
     """The chapter's ``text`` (Markdown) with every ``{{name}}`` replaced by the value
     :func:`glue` recorded, displayed as Markdown. A code cell's Markdown output renders in the
     built book, JupyterLab and Colab alike, so the numbers read right wherever the chapter is
-    opened; the cells that call this hide their input. A name not glued yet is one error line."""
+    opened; the cells that call this hide their input. A name not glued yet is one error line,
+    and so is a value that opens a line and turns it into a list item or a quote ("1) and")."""
     from IPython.display import Markdown
 
     if missing := sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(VALUES)):
         raise KeyError(f"the text refers to {', '.join(missing)}, which no cell above has glued "
                        "(nbk.glue(name, value, fmt))")
-    return Markdown(_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], text.strip("\n")))
+    templates = text.strip("\n").split("\n")
+    lines = [_PLACEHOLDER.sub(lambda m: VALUES[m.group(1)], t) for t in templates]
+    for i, (template, line) in enumerate(zip(templates, lines)):
+        first = i == 0 or not templates[i - 1].strip()
+        if item := _ITEM.match(template):            # a list item's text starts a block too
+            template, line, first = template[item.end():], line[item.end():], True
+        if _PLACEHOLDER.match(template.lstrip()) and \
+                (_OPENS_BLOCK_FIRST if first else _OPENS_BLOCK).match(line):
+            raise ValueError(f"a glued value opens a Markdown list or quote: {line.strip()!r}; "
+                             "break the line elsewhere, so that it starts with a word")
+    return Markdown("\n".join(lines))
 
 
 def show_source(obj, start: str | None = None, end: str | None = None):
