@@ -153,6 +153,13 @@ def test_every_registered_config_is_valid():
     assert odc.differences(ref) == [f"lr (saved {ref.lr!r}, now {odc.lr!r})",
                                     "lr_decay (saved 1.0, now 0.4)",
                                     "method (saved 'deepcluster', now 'odc')"]
+    # the medium profile: the same two on every training and test image, at least 3 seeds each
+    m_odc, m_ref = (experiments.get(n).config() for n in ("medium-odc", "medium-deepcluster-ref"))
+    assert (m_odc.subset, m_odc.test_subset, m_ref.subset, m_ref.test_subset) == (None,) * 4
+    assert m_ref.lr == pytest.approx(m_odc.lr * 0.1 / 0.06, abs=1e-4) and m_ref.lr_decay == 1.0
+    assert [d.split(" ")[0] for d in m_odc.differences(m_ref)] == ["lr", "lr_decay", "method"]
+    assert len(experiments.seed_group("medium-odc")) == len(
+        experiments.seed_group("medium-deepcluster-ref")) >= 3
     # the full-scale evidence: the same two, at the full profile, on ResNet-18, 2 seeds each
     full = experiments.get("full-deepcluster-ref").config()
     assert (full.arch, full.sobel, full.lr, full.lr_decay) == ("resnet18", True, 0.1, 1.0)

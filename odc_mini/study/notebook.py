@@ -60,13 +60,13 @@ class Environment:
     def describe(self) -> str:
         """One line; folders relative to the working folder, or to ``~``, so that a published
         page does not show the machine's own paths."""
-        data = _short(self.data_root) if self.data_root else (
+        data = short_path(self.data_root) if self.data_root else (
             "downloaded with torchvision" if self.download else "not found")
         return (f"profile {self.profile} · device {self.device} · data {data} · "
-                f"run cache {_short(self.cache_dir)}")
+                f"run cache {short_path(self.cache_dir)}")
 
 
-def _short(path) -> str:
+def short_path(path) -> str:
     """``path`` relative to the working folder when it is inside the project around it, else
     with the home folder written as ``~``."""
     path, here = Path(path).resolve(), Path.cwd().resolve()
