@@ -3,7 +3,7 @@
 * ``quick``: the CPU budget of a laptop and of CI — a stratified 5,000-image subset of CIFAR-10,
   the small CNN, 56 epochs, 4 to 5 minutes per method on 2 cores in fp32.
 * ``medium``: a CPU in the background — the quick profile's network and settings on all 50,000
-  images, 40 epochs, about half an hour per method on 2 cores with native bf16.
+  images, 40 epochs, about 20 minutes per method on 2 cores with native bf16.
 * ``full``: one GPU — all 50,000 images, ResNet-18.
 
 Every profile evaluates on all 10,000 test images (a kNN or linear-probe accuracy then has a
@@ -64,8 +64,8 @@ AUGMENT_REFERENCE = dict(crop_min_scale=0.2, brightness=0.4, contrast=0.4, satur
 _QUICK = dict(arch="small_cnn", dataset="cifar10", subset=5_000, epochs=56, batch_size=128, lr=0.1,
               num_clusters=100, min_cluster=8, sobel=True, saturation=0.4, hue=0.1, jitter_p=0.8,
               snapshot_size=2000, eval_batch_size=256, eval_interval=7, probe_interval=14)
-# The medium profile: the quick profile on all 50,000 images, as many epochs as a run of about
-# half an hour on 2 cores with native bf16 affords (bench/quick_run.py's machine), min_cluster at
+# The medium profile: the quick profile on all 50,000 images, as many epochs as a run of at most
+# half an hour on 2 cores with native bf16 affords (measured: 18-21 minutes), min_cluster at
 # the reference share of N/K (75, as in the full profile), a linear probe at every evaluation.
 MEDIUM_EPOCHS, MEDIUM_EVAL = 40, 5
 PROFILE_DEFAULTS = {
