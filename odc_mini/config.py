@@ -65,7 +65,7 @@ _QUICK = dict(arch="small_cnn", dataset="cifar10", subset=5_000, epochs=56, batc
               num_clusters=100, min_cluster=8, sobel=True, saturation=0.4, hue=0.1, jitter_p=0.8,
               snapshot_size=2000, eval_batch_size=256, eval_interval=7, probe_interval=14)
 # The medium profile: the quick profile on all 50,000 images, as many epochs as a run of at most
-# half an hour on 2 cores with native bf16 affords (measured: 18-21 minutes), min_cluster at
+# half an hour on 2 cores with native bf16 affords (measured: 18-23 minutes), min_cluster at
 # the reference share of N/K (75, as in the full profile), a linear probe at every evaluation.
 MEDIUM_EPOCHS, MEDIUM_EVAL = 40, 5
 PROFILE_DEFAULTS = {
