@@ -197,18 +197,20 @@ def headline(a: dict[int, History], b: dict[int, History], name_a: str, name_b: 
     with each measure's mean ± sd per group and its verdict."""
     comparisons = [compare(a, b, metric) for metric in metrics]
     words = {c.verdict.split()[0] for c in comparisons}
-    lead = {"higher": f"{name_a} learns better features than {name_b}",
-            "lower": f"{name_b} learns better features than {name_a}"}.get(
-        words.pop() if len(words) == 1 else "", f"neither {name_a} nor {name_b} learns better "
-                                                 "features by every measure in every seed")
+    if words == {"higher"}:
+        lead = f"{name_a} learns better features than {name_b}"
+    elif words == {"lower"}:
+        lead = f"{name_b} learns better features than {name_a}"
+    else:
+        lead = f"neither {name_a} nor {name_b} learns better features by every measure in every seed"
     parts = []
     for c in comparisons:
-        percent = METRICS[c.metric][2]
-        (ma, sa), (mb, sb) = (mean_sd(np.array(list(g.values())) * (100 if percent else 1))
-                              for g in (c.a, c.b))
-        digits, unit = (1, "%") if percent else (3, "")
+        scale, digits, unit = (100, 1, "%") if METRICS[c.metric][2] else (1, 3, "")
+        (ma, sa), (mb, sb) = (mean_sd(scale * np.array(list(g.values()))) for g in (c.a, c.b))
+        word = c.verdict.split()[0]
+        verdict = c.verdict if word == "within" else f"{word} for {name_a} in all {c.n} seeds"
         parts.append(f"{METRICS[c.metric][0]} {ma:.{digits}f} ± {sa:.{digits}f}{unit} against "
-                     f"{mb:.{digits}f} ± {sb:.{digits}f}{unit}, {c.verdict.replace('er in', 'er for ' + name_a + ' in')} "
+                     f"{mb:.{digits}f} ± {sb:.{digits}f}{unit}, {verdict} "
                      f"(by {c._fmt(c.differences.mean(), True)} on average)")
     return f"{lead}: " + "; ".join(parts)
 
