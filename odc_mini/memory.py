@@ -43,6 +43,13 @@ from torch import nn
 from .kmeans import cluster, cluster_sums, l2_normalize
 
 
+def loss_weights(sizes, power: float = 0.5, eps: float = 1e-5) -> torch.Tensor:
+    """(K,) loss weights w_k proportional to (n_k + eps)^-power of the cluster sizes ``sizes``
+    (a tensor or array), summing to 1 (``ODC.set_reweight`` of the reference)."""
+    w = (torch.as_tensor(sizes).to(torch.float32) + eps).pow(-power)
+    return w / w.sum()
+
+
 class ODCMemory(nn.Module):
     """Samples memory (features, labels) and centroids memory of ODC.
 
@@ -278,8 +285,7 @@ class ODCMemory(nn.Module):
         The normalisation does not change a weighted-mean cross-entropy; it only makes the
         weights readable. ``power=0`` gives uniform weights (re-weighting off).
         """
-        w = (self.counts.to(torch.float32) + eps).pow(-power)   # running counts: O(K)
-        return w / w.sum()
+        return loss_weights(self.counts, power, eps)             # running counts: O(K)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

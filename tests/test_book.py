@@ -28,6 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # tests/browser.py
 from bs4 import BeautifulSoup
+from odc_mini.study.notebook import FACTS_LOG_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
@@ -157,7 +158,8 @@ def built_book(tmp_path_factory):
     cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", "--all", "-W", "-n",
            "--keep-going", "--path-output", str(out), str(BOOK)]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=book_env(), stdout=subprocess.PIPE,
+    env = {**book_env(), FACTS_LOG_ENV: str(out / "facts.jsonl")}   # what each page quotes
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     wall = time.monotonic() - start
     log = ANSI.sub("", proc.stdout)
@@ -191,6 +193,22 @@ def failure_excerpt(log: str, lines: int = 150) -> str:
 
 def test_build_succeeds(built_book):
     assert built_book.returncode == 0, f"jupyter-book build failed:\n{failure_excerpt(built_book.log)}"
+
+
+def test_pages_quote_the_same_numbers_for_the_same_run(built_book):
+    """Every page that quotes a fact of a run (nbk.glue_fact) quotes the same text for it: the
+    chapters read one run per setting. Facts quoted by several pages must exist for this to
+    test anything, so at least ten are required to be."""
+    from odc_mini.study import notebook as nbk
+
+    log = built_book.html.parent.parent / "facts.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not (conflicts := nbk.fact_conflicts(records)), "\n".join(conflicts)
+    pages: dict[tuple, set] = {}
+    for r in records:
+        pages.setdefault((r["name"], r["fact"]), set()).add(r["process"])
+    shared = sorted(k for k, v in pages.items() if len(v) >= 2)
+    assert len(shared) >= 10, f"facts quoted on two pages or more: {shared}"
 
 
 @pytest.mark.parametrize("page", PAGES)

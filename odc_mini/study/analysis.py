@@ -77,6 +77,63 @@ def summary(history: History, churn_from: int = 1) -> dict[str, float]:
     return out
 
 
+# One run's facts that more than one page quotes: each with its one definition and format, so
+# that two pages quoting the same run say the same thing (tests/test_book.py checks that they do).
+# name: (what it is, function of the history, format)
+def _changes_at_visits(h: History) -> float:
+    """Label changes per image over the run, counted at every visit: the mean churn per batch
+    times the images drawn, divided by the number of images."""
+    drawn = h.iteration("change_ratio").size * h.meta["config"]["batch_size"]
+    return summary(h)["change_ratio"] * drawn / len(h.labels(h.label_epochs[0]))
+
+
+def _changes_at_epoch_ends(h: History) -> float:
+    """Label changes per image over the run, counted between consecutive epoch ends only (a
+    label that leaves and comes back within an epoch counts nothing)."""
+    banks = np.stack([h.labels(e) for e in h.label_epochs], axis=1)
+    return float((banks[:, 1:] != banks[:, :-1]).sum(axis=1).mean())
+
+
+def _handled(h: History) -> np.ndarray:
+    return h.epoch("clusters_handled")[1:]          # row 0: the repairs of the initial clustering
+
+
+FACTS = {
+    "knn_last": ("kNN top-1 at the end", lambda h: h.last("knn_top1"), "{:.1%}"),
+    "linear_last": ("linear probe top-1 at the end", lambda h: h.last("linear_top1"), "{:.1%}"),
+    "nmi_classes_last": ("NMI with the classes at the end", lambda h: h.last("nmi_classes"),
+                         "{:.3f}"),
+    "nmi_previous_last": ("NMI between the last two epochs' labels",
+                          lambda h: h.last("nmi_previous"), "{:.3f}"),
+    "relabelled_last": ("images whose label changed in the last epoch",
+                        lambda h: h.last("relabelled"), "{:.1%}"),
+    "churn_mean": ("mean share of a batch whose label changed",
+                   lambda h: summary(h)["change_ratio"], "{:.1%}"),
+    "largest_last": ("largest cluster at the end (images)", lambda h: h.last("max_size"),
+                     "{:,.0f}"),
+    "smallest_last": ("smallest cluster at the end (images)", lambda h: h.last("min_size"),
+                      "{:,.0f}"),
+    "handled_training": ("small clusters handled during training (epochs 1 to the last)",
+                         lambda h: float(np.nansum(_handled(h))), "{:,.0f}"),
+    "handled_peak": ("most small clusters handled in one epoch",
+                     lambda h: float(np.nanmax(_handled(h))), "{:,.0f}"),
+    "handled_peak_epoch": ("the epoch that handled the most small clusters",
+                           lambda h: int(np.nanargmax(_handled(h))) + 1, "{:d}"),
+    "changes_at_visits": ("label changes per image over the run, counted at every visit",
+                          _changes_at_visits, "{:.1f}"),
+    "changes_at_epoch_ends": ("label changes per image over the run, counted between epoch ends",
+                              _changes_at_epoch_ends, "{:.1f}"),
+}
+
+
+def fact(history: History, name: str) -> str:
+    """The fact ``name`` of :data:`FACTS` of one run, formatted as every page prints it."""
+    if name not in FACTS:
+        raise ValueError(f"unknown fact {name!r}; accepted: {', '.join(FACTS)}")
+    _, compute, fmt = FACTS[name]
+    return fmt.format(compute(history))
+
+
 def pct(x) -> str:
     """A fraction as a percentage with one decimal ("41.4%"); a dash for a missing value."""
     return "–" if x is None or x != x else f"{x:.1%}"

@@ -13,6 +13,7 @@ from the nearest ``data/cifar10.npz`` (``$ODC_DATA``, then ``./data`` and the fo
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import analysis
 from .analysis import num, pct  # noqa: F401  (the chapters' nbk.pct and nbk.num)
 from .store import default_cache_dir
 from ..config import Config, default_profile
@@ -124,6 +126,32 @@ def glue(name: str, value, fmt: str | None = None) -> None:
     ``"{:.1%}"``) if given; :func:`prose` fills ``{{name}}`` with it. Returns nothing, so a
     cell that ends with it shows no stray output."""
     VALUES[name] = fmt.format(value) if fmt else str(value)
+
+
+# Where glue_fact records what each page quotes (one JSON line per fact), when set: the book's
+# build sets it, and a test compares the pages (tests/test_book.py).
+FACTS_LOG_ENV = "ODC_FACTS_LOG"
+
+
+def glue_fact(name: str, run, fact: str) -> None:
+    """:func:`glue` the fact ``fact`` of ``run`` (:data:`odc_mini.study.analysis.FACTS`: one
+    definition and format for every page), and record which run and fact the page quoted."""
+    text = analysis.fact(run.history, fact)
+    glue(name, text)
+    if path := os.environ.get(FACTS_LOG_ENV):
+        record = {"run": run.config.key(), "fact": fact, "text": text, "process": os.getpid(),
+                  "name": getattr(run, "name", None) or run.history.meta.get("name")}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def fact_conflicts(records: list[dict]) -> list[str]:
+    """One line per (run, fact) that the records quote with more than one text."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    for r in records:
+        seen.setdefault((r["run"], r["fact"]), set()).add(r["text"])
+    return [f"{fact} of run {run}: {' vs '.join(sorted(texts))}"
+            for (run, fact), texts in sorted(seen.items()) if len(texts) > 1]
 
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
