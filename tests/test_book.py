@@ -46,6 +46,7 @@ MIN_FIGURES = {
     "06_full_scale": 1,
     "07_ablations": 1,
     "08_results": 3,
+    "a_engineering": 1,
 }
 
 
