@@ -117,13 +117,20 @@ def test_aligned_umap_embedding_keeps_unmoved_images_in_place():
     assert np.median(still) < 0.1 * spread < np.median(moved)
 
 
-def test_migration_figure_says_how_many_images_changed_cluster():
+def test_migration_figure_follows_the_largest_clusters_of_the_previous_snapshot():
     runs = {"ODC": fake_history(epochs=3), "DeepCluster": fake_history("deepcluster", epochs=3, seed=1)}
     embeddings = {name: viz.aligned_embeddings(h, method="pca") for name, h in runs.items()}
-    fig = viz.migration_figure(runs, embeddings, 2, previous=1)
+    fig = viz.migration_figure(runs, embeddings, 2, previous=1, clusters=2)
     for ax, (name, h) in zip(fig.axes, runs.items()):
         before, after = h.snapshot(1)[1], h.snapshot(2)[1]
-        assert f"{(before != after).mean():.0%} changed cluster since epoch 1" in ax.get_title()
+        ids, counts = np.unique(before, return_counts=True)
+        chosen = ids[np.argsort(-counts, kind="stable")[:2]]
+        inside = np.isin(before, chosen)
+        kept = (inside & (before == after)).sum() / inside.sum()
+        assert f"{kept:.0%} of the coloured images still in their cluster of epoch 1" in ax.get_title()
+        # the grey layer holds every snapshot image; the coloured ones are the chosen clusters'
+        sizes = [len(c.get_offsets()) for c in ax.collections]
+        assert sizes[0] == len(after) and sum(sizes[1:]) == inside.sum()
     box = viz.migration_scrubber(runs, embeddings)
     assert list(box.children[0].children[1].options) == ["0", "1", "2", "3"]
 

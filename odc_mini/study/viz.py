@@ -179,8 +179,8 @@ def dashboard_figure(histories, upto: int | None = None, title: str | None = Non
     last = min(h.num_epochs for h in hs.values()) if upto is None else int(upto)
     plot_cluster_sizes(hs, last, axes.flat[-1]).set_title(f"cluster sizes at epoch {last}",
                                                          fontsize=10)
-    for i, loc in ((0, "upper right"), (4, "lower right"), (5, "upper right")):
-        axes.flat[i].legend(loc=loc, fontsize=10)
+    for i in (0, 4, 5):          # where the key covers the fewest points of this run
+        axes.flat[i].legend(loc="best", fontsize=10)
     fig.suptitle(title or (f"epoch {upto}" if upto is not None else "training dynamics"), fontsize=12)
     fig.tight_layout()
     return fig
@@ -363,41 +363,48 @@ def _limits(coords: Sequence[np.ndarray]):
 
 
 def migration_figure(histories, embeddings: Mapping[str, Mapping[int, np.ndarray]], epoch: int,
-                     previous: int | None = None):
-    """One panel per run, side by side at the same ``epoch``: the snapshot images in their run's
-    aligned map (:func:`aligned_embeddings`), coloured by pseudo-label. With ``previous``, the
-    images whose cluster changed since that snapshot are drawn large, with a grey trail from
-    where they were; those that kept their cluster are small and pale."""
+                     previous: int | None = None, clusters: int = 4):
+    """One panel per run, side by side at the same ``epoch``, in the run's aligned map
+    (:func:`aligned_embeddings`): every snapshot image in light grey, and the members of a few
+    clusters in colour, one colour per cluster. The clusters are the ``clusters`` largest among
+    the snapshot images at ``previous`` (at ``epoch`` when there is none); a dot marks an image
+    still in that cluster at ``epoch``, a cross one that has left it. The title says which share
+    of those images stayed."""
     hs = _as_dict(histories)
-    fig, axes = plt.subplots(1, len(hs), figsize=(4.4 * len(hs), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(hs), figsize=(10, 5.0), squeeze=False)
+    palette = plt.get_cmap("tab10").colors
     for ax, (name, h) in zip(axes[0], hs.items()):
         coords = embeddings[name]
         xy = coords[epoch]
         _, labels = h.snapshot(epoch)
-        k = h.meta.get("config", {}).get("num_clusters", int(labels.max()) + 1)
         lims = _limits(list(coords.values()))
+        ax.scatter(xy[:, 0], xy[:, 1], s=3, lw=0, color="0.82", zorder=1, rasterized=True)
+        title = f"{_label(name)}, epoch {epoch}"
         if labels.min() < 0:     # DeepCluster before its first clustering: no labels yet
-            ax.scatter(xy[:, 0], xy[:, 1], s=4, lw=0, color="0.6", rasterized=True)
-            title = f"{_label(name)}: no clustering yet"
+            title += "\nno clustering yet"
         else:
-            colors = np.random.default_rng(0).permutation(max(k, int(labels.max()) + 1))[labels]
-            moved = np.zeros(len(labels), bool)
-            if previous is not None:
-                _, before = h.snapshot(previous)
-                moved = (before != labels) & (before >= 0)
-                start = coords[previous][moved]
-                ax.plot(np.stack([start[:, 0], xy[moved, 0]]), np.stack([start[:, 1], xy[moved, 1]]),
-                        color="0.75", lw=0.5, zorder=1, rasterized=True)
-            ax.scatter(xy[~moved, 0], xy[~moved, 1], c=colors[~moved], cmap="gist_ncar", vmin=0,
-                       vmax=k, s=3, lw=0, alpha=0.35, zorder=2, rasterized=True)
-            ax.scatter(xy[moved, 0], xy[moved, 1], c=colors[moved], cmap="gist_ncar", vmin=0,
-                       vmax=k, s=14, lw=0.4, edgecolors="k", zorder=3, rasterized=True)
-            title = f"{_label(name)}, epoch {epoch}"
-            if previous is not None and (before >= 0).any():
-                title += f"\n{moved.mean():.0%} changed cluster since epoch {previous}"
-        ax.set(title=title, xlim=lims[0], ylim=lims[1], xticks=[], yticks=[])
+            since = previous if previous is not None and h.snapshot(previous)[1].min() >= 0 else None
+            ref = labels if since is None else h.snapshot(since)[1]
+            ids, counts = np.unique(ref, return_counts=True)
+            stayed = members = 0
+            for color, k in zip(palette, ids[np.argsort(-counts, kind="stable")[:clusters]]):
+                inside = ref == k
+                stay, left = inside & (labels == k), inside & (labels != k)
+                ax.scatter(xy[stay, 0], xy[stay, 1], s=24, color=color, lw=0, zorder=3)
+                ax.scatter(xy[left, 0], xy[left, 1], s=30, color=color, marker="x", lw=1.3, zorder=3)
+                stayed, members = stayed + int(stay.sum()), members + int(inside.sum())
+            if since is not None:
+                title += f"\n{stayed / members:.0%} of the coloured images still in their cluster of epoch {since}"
+            else:
+                title += f"\nits {clusters} largest clusters"
+        ax.set_title(title, fontsize=10)
+        ax.set(xlim=lims[0], ylim=lims[1], xticks=[], yticks=[])
         ax.grid(False)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], marker="o", ls="", color="0.3", label="still in its cluster"),
+               plt.Line2D([], [], marker="x", ls="", color="0.3", mew=1.3, label="left its cluster"),
+               plt.Line2D([], [], marker="o", ls="", color="0.82", label="the other snapshot images")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
