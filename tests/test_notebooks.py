@@ -150,3 +150,54 @@ def test_prose_refuses_a_glued_value_that_opens_a_list_or_quote(template, value)
             nbk.prose(template)
     else:
         assert nbk.prose(template).data == template.replace("{{v}}", value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers typed into prose
+# ---------------------------------------------------------------------------------------------
+# What a result looks like in prose: a percentage, a decimal with two places or more, or a
+# decimal with a unit. Math ($...$), inline code and link targets are not prose.
+_MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]*\$", re.S)
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"\]\([^)]*\)")
+_RESULT = re.compile(r"(?<![\w.{])(\d+(?:[.,]\d+)?\s?%|\d+\.\d{2,}|\d+\.\d+ (?:points|min|s|h|MB|GB)\b)")
+_PROSE_CALL = re.compile(r'nbk\.prose\(r?"""(.*?)"""', re.S)
+
+# Numbers prose may type: facts about the world, the reference code or the tests, not results
+# of a run (every result is glued from the code that computes it).
+TYPED_OK = {
+    "00_preface": {"3.10"},                            # the Python version required
+    "01_clustering_as_supervision": {"1%"},            # the tests' tolerance, FAISS vs torch
+    "02_alternating": {"1%", "1.28"},                  # the same; ImageNet's 1.28 million images
+    "08_results": {"0.05", "0.06"},                    # the significance level; the authors' lr
+}
+
+
+def typed_results(text: str) -> list[str]:
+    """The numbers in ``text`` that look like results, outside math, code and links."""
+    return [m.group(0) for m in _RESULT.finditer(_LINK.sub("]", _CODE.sub("", _MATH.sub("", text))))]
+
+
+@pytest.mark.parametrize("text, found", [
+    ("the churn falls to 61% in the last epoch", ["61%"]),
+    ("NMI(t-1, t) is 0.642 against 0.639", ["0.642", "0.639"]),
+    ("ODC took 18.2 min and DeepCluster 20.7 min", ["18.2 min", "20.7 min"]),
+    ("a gap of 3.3 points", ["3.3 points"]),
+    ("below $p = 0.05$, with `lr=0.06` and {{knn_odc}}%", []),
+    ("see [the paper](https://arxiv.org/abs/2006.10645), chapter 8.2 and epoch 3", []),
+])
+def test_typed_result_detector(text, found):
+    assert typed_results(text) == found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_types_no_result(path):
+    """Markdown cells and nbk.prose texts type no number that looks like a result; a result is
+    glued from the code that computes it, so that the page and its run cannot disagree."""
+    typed = []
+    for i, cell in enumerate(read(path).cells):
+        texts = [cell.source] if cell.cell_type == "markdown" else \
+            _PROSE_CALL.findall(cell.source) if cell.cell_type == "code" else []
+        typed += [f"cell {i}: {n}" for t in texts for n in typed_results(t)
+                  if n not in TYPED_OK.get(path.stem, set())]
+    assert not typed, f"{path.name} types numbers into its prose: {typed}"
