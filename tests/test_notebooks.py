@@ -201,3 +201,26 @@ def test_prose_types_no_result(path):
         typed += [f"cell {i}: {n}" for t in texts for n in typed_results(t)
                   if n not in TYPED_OK.get(path.stem, set())]
     assert not typed, f"{path.name} types numbers into its prose: {typed}"
+
+
+def test_show_source_folds_long_listings_under_their_name():
+    import inspect
+    import textwrap
+
+    from IPython.display import HTML, Code
+    from odc_mini.memory import ODCMemory
+    from odc_mini.study import notebook as nbk
+
+    def lines(f):
+        return len(textwrap.dedent(inspect.getsource(f)).splitlines())
+
+    short, long = ODCMemory.recount, ODCMemory.update_samples
+    assert lines(short) <= nbk.FOLD_LINES < lines(long)
+    shown = nbk.show_source(short)
+    assert isinstance(shown, Code) and shown.data == textwrap.dedent(inspect.getsource(short))
+    folded = nbk.show_source(long)
+    assert isinstance(folded, HTML) and folded.data.startswith("<details><summary>")
+    assert f"<code>ODCMemory.update_samples</code> ({lines(long)} lines" in folded.data
+    assert "new_labels" in folded.data                       # the code itself, inside
+    assert isinstance(nbk.show_source(short, folded=True), HTML)
+    assert isinstance(nbk.show_source(long, folded=False), Code)

@@ -187,16 +187,24 @@ def prose(text: str):
     return Markdown("\n".join(lines))
 
 
-def show_source(obj, start: str | None = None, end: str | None = None):
+# Listings longer than this many lines are shown folded, under a line that names them.
+FOLD_LINES = 20
+
+
+def show_source(obj, start: str | None = None, end: str | None = None,
+                folded: bool | None = None):
     """Display the package's own source of ``obj`` (a function, class or method), highlighted,
     so the book explains the code that runs rather than a re-typed copy of it. ``start`` and
     ``end``, if given, keep only the lines from the first one containing ``start`` to the first
     one after it containing ``end`` (inclusive): anchors in the code, not line numbers, so an
-    excerpt cannot drift when the code above it changes. An anchor not found is an error."""
+    excerpt cannot drift when the code above it changes. An anchor not found is an error.
+    ``folded`` (default: longer than :data:`FOLD_LINES` lines) shows it folded under a line
+    that names it and its length, which the reader opens with a click (an HTML ``details``
+    element: the built book, JupyterLab and Colab all render it)."""
     import inspect
     import textwrap
 
-    from IPython.display import Code
+    from IPython.display import HTML, Code
 
     source = textwrap.dedent(inspect.getsource(obj))
     lines = source.splitlines()
@@ -211,7 +219,12 @@ def show_source(obj, start: str | None = None, end: str | None = None):
             raise ValueError(f"{end!r} is not in the source of {obj.__qualname__} after {start!r}")
     if start is not None or end is not None:
         source = textwrap.dedent("\n".join(lines[first:last + 1]))
-    return Code(source, language="python")
+    code = Code(source, language="python")
+    n = len(source.splitlines())
+    if not (n > FOLD_LINES if folded is None else folded):
+        return code
+    return HTML(f"<details><summary>The package's code: <code>{obj.__qualname__}</code> "
+                f"({n} lines; click to open)</summary>{code._repr_html_()}</details>")
 
 
 def html_table(header, rows):
