@@ -433,6 +433,14 @@ BLANK_WIDGETS = """Array.from(document.querySelectorAll('.widget-subarea'))
   .filter(a => a.getBoundingClientRect().height > 0 && a.firstElementChild
                && getComputedStyle(a.firstElementChild).visibility === 'hidden').length"""
 
+# Boxes holding an image that are wider than they show, so that the page scrolls sideways under
+# them (a figure or a widget wider than the text column): "tag.class: shown px < content px".
+OVERFLOWING_FIGURES = """Array.from(document.querySelectorAll('article *'))
+  .filter(e => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible'
+               && e.querySelector('img'))
+  .map(e => `${e.tagName.toLowerCase()}.${String(e.className).split(' ')[0]}: `
+            + `${e.clientWidth} px < ${e.scrollWidth} px`)"""
+
 
 @pytest.fixture(scope="module")
 def reader(built_book):
@@ -475,6 +483,7 @@ def reader(built_book):
                     found["plays"].append(before != tab.evaluate(VISIBLE_FRAMES))
                 found["text_px"] = tab.evaluate(TEXT_ON_SCREEN)
                 found["blank_widgets"] = tab.evaluate(BLANK_WIDGETS)
+                found["overflowing"] = tab.evaluate(OVERFLOWING_FIGURES)
                 found["exceptions"] = list(tab.exceptions)
                 (shots / f"{page}.reader.png").write_bytes(tab.screenshot())
                 tab.close()
@@ -508,6 +517,11 @@ def test_every_slider_and_play_button_changes_the_frame(reader, page):
 @pytest.mark.parametrize("page", PAGES)
 def test_no_blank_bands_from_hidden_widgets(reader, page):
     assert reader_page(reader, page)["blank_widgets"] == 0
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_figures_and_widgets_fit_the_column(reader, page):
+    assert not reader_page(reader, page)["overflowing"], reader_page(reader, page)["overflowing"]
 
 
 @pytest.mark.parametrize("page", PAGES)

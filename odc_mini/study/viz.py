@@ -226,11 +226,13 @@ def final_check_figure(checks: Mapping[str, tuple], title: str | None = None):
 
 # ---------------------------------------------------------------------------------- widgets
 def scrubber(frames: Sequence[bytes], labels: Sequence, description: str = "epoch",
-             play_interval_ms: int = 900, width: str = "100%"):
+             play_interval_ms: int = 900, width: str = "99%"):
     """A slider (and a play button) over pre-rendered PNG frames.
 
     The frames sit in an ``ipywidgets.Stack``; the slider's index is tied to the stack with
-    ``jslink``, so moving it needs no Python and works on the static book page too.
+    ``jslink``, so moving it needs no Python and works on the static book page too. The frames
+    take 99% of the width: at 100% the widget's own border overflows the page's column by a few
+    pixels and the page shows a scroll bar under every frame.
     """
     import ipywidgets as w
 
