@@ -143,9 +143,22 @@ def test_every_registered_config_is_valid():
     assert experiments.seed_group("quick-odc-lr0.2") == ["quick-odc-lr0.2"]
     assert experiments.seed_group("quick-odc") == ["quick-odc"] + [
         f"quick-odc-seed{s}" for s in experiments.CHAPTER_SEEDS[1:]]
-    # chapter 7's runs: the base and each sweep value other than the base's, with 3 seeds each
-    assert len(experiments.ablation_keys()) == 1 + 8
-    assert len(experiments.seed_group("ablation-base")) == len(experiments.ABLATION_SEEDS) >= 3
+    # chapter 7's runs: each sweep value other than the quick profile's, with 3 seeds each; the
+    # base of every sweep is the quick profile's own ODC run, and each run differs from it in its
+    # knob alone (the K sweep also in min_cluster, kept at the same share of N / K)
+    quick = experiments.get("quick-odc").config()
+    assert len(experiments.ablation_keys()) == 8
+    for knob, value in experiments.ablation_keys():
+        group = experiments.seed_group(f"ablation-{knob}-{value}")
+        assert len(group) == len(experiments.ABLATION_SEEDS) >= 3
+        changed = [d.split(" ")[0] for d in experiments.get(group[0]).config().differences(quick)]
+        assert changed == sorted([knob] + (["min_cluster"] if knob == "num_clusters" else []))
+        if knob == "num_clusters":
+            cfg = experiments.get(group[0]).config()
+            same_share = quick.min_cluster * quick.num_clusters / cfg.num_clusters
+            assert abs(cfg.min_cluster - same_share) <= 0.5      # rounded to a whole image
+    with pytest.raises(ValueError, match="unknown ablation knob 'lr'; accepted: momentum"):
+        experiments.ablation_overrides("lr", 0.1)
     # DeepCluster's reference: its own rate at the ratio of the authors' configs, no decay
     odc, ref = experiments.get("quick-odc").config(), experiments.get("quick-deepcluster-ref").config()
     assert ref.lr == pytest.approx(odc.lr * 0.1 / 0.06, abs=1e-4) and ref.lr_decay == 1.0
@@ -226,3 +239,51 @@ def test_cli_saves_a_run_trained_elsewhere(tiny_run, registry, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: this run is not experiment 'tiny': epochs") and "\n" not in err
     assert not (tmp_path / "saved2").exists()
+
+
+def test_facts_match_a_recomputation(tiny_run):
+    """Each fact that several pages quote, against its definition computed here directly."""
+    h = tiny_run.history
+    cfg = tiny_run.config
+    handled = [h.epoch("clusters_handled")[e] for e in range(1, h.num_epochs + 1)]
+    epoch = np.ceil(h.iteration("epoch") - 1e-9)
+    churn = h.iteration("change_ratio")[epoch >= 1]
+    banks = [h.labels(e) for e in h.label_epochs]
+    ends = np.mean([sum(int(a[i] != b[i]) for a, b in zip(banks, banks[1:]))
+                    for i in range(cfg.subset)])
+    expected = {
+        "knn_last": f"{h.epoch('knn_top1')[-1]:.1%}",
+        "largest_last": f"{int(np.bincount(h.labels(h.num_epochs)).max()):,}",
+        "smallest_last": f"{int(np.bincount(h.labels(h.num_epochs), minlength=6).min()):,}",
+        "relabelled_last": f"{np.mean(banks[-1] != banks[-2]):.1%}",
+        "handled_training": f"{sum(handled):,.0f}",
+        "handled_peak": f"{max(handled):,.0f}",
+        "handled_peak_epoch": f"{handled.index(max(handled)) + 1:d}",
+        "churn_mean": f"{np.nanmean(churn):.1%}",
+        "changes_at_visits": f"{np.nanmean(churn) * churn.size * cfg.batch_size / cfg.subset:.1f}",
+        "changes_at_epoch_ends": f"{ends:.1f}",
+        "nmi_previous_last": f"{nmi(banks[-1], banks[-2]):.3f}",
+    }
+    for name, text in expected.items():
+        assert analysis.fact(h, name) == text, name
+    with pytest.raises(ValueError, match="unknown fact 'kNN'; accepted: knn_last"):
+        analysis.fact(h, "kNN")
+
+
+def test_glue_fact_records_what_a_page_quotes_and_conflicts_are_found(tiny_run, tmp_path,
+                                                                       monkeypatch):
+    from odc_mini.study import notebook as nbk
+
+    log = tmp_path / "facts.jsonl"
+    monkeypatch.setenv(nbk.FACTS_LOG_ENV, str(log))
+    nbk.glue_fact("k", tiny_run, "knn_last")
+    nbk.glue_fact("r", tiny_run, "relabelled_last")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["fact"] for r in records] == ["knn_last", "relabelled_last"]
+    assert nbk.VALUES["k"] == records[0]["text"] == analysis.fact(tiny_run.history, "knn_last")
+    assert records[0]["run"] == tiny_run.config.key()
+    assert nbk.fact_conflicts(records) == []
+    # another page quoting the same run's fact differently (another run under the same name)
+    other = dict(records[0], text="1.0%", process=records[0]["process"] + 1)
+    assert nbk.fact_conflicts(records + [other]) == [
+        f"knn_last of run {tiny_run.config.key()}: 1.0% vs {records[0]['text']}"]
