@@ -51,7 +51,8 @@ def test_the_wheel_ships_the_saved_runs_and_their_index(wheel_env):
     _, wheel, _ = wheel_env
     names = zipfile.ZipFile(wheel).namelist()
     assert "odc_mini/study/saved_runs/index.json" in names
-    assert any(n.startswith("odc_mini/study/saved_runs/ablation-base/") for n in names)
+    assert any(n.startswith("odc_mini/study/saved_runs/quick-odc/") for n in names)
+    assert any(n.startswith("odc_mini/study/saved_runs/ablation-momentum-0.1/") for n in names)
     assert not any("/tests/" in n or n.startswith("book/") for n in names)
 
 
