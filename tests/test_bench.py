@@ -66,7 +66,10 @@ def test_deepcluster_epoch_table():
     rows = table_rows(run_script("deepcluster_epoch.py", "--tiny"), ["supervised", "deepcluster", "odc"])
     s_sup, s_dc, s_cluster = float(rows["supervised"][1]), float(rows["deepcluster"][1]), float(rows["deepcluster"][2])
     assert 0 < s_cluster < s_dc
-    assert float(rows["deepcluster"][3]) == pytest.approx(s_dc / s_sup, rel=0.02, abs=2e-3)
+    # the times are printed to 0.01 s and the ratio from the unrounded times: the ratio of the
+    # printed times may differ by what that rounding allows (it decides at tiny, fast epochs)
+    rounding = 0.005 / s_sup + 0.005 * s_dc / s_sup ** 2
+    assert float(rows["deepcluster"][3]) == pytest.approx(s_dc / s_sup, abs=rounding + 2e-3)
 
 
 def test_memory_scaling_table():
