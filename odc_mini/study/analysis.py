@@ -80,6 +80,14 @@ def summary(history: History, churn_from: int = 1) -> dict[str, float]:
 # One run's facts that more than one page quotes: each with its one definition and format, so
 # that two pages quoting the same run say the same thing (tests/test_book.py checks that they do).
 # name: (what it is, function of the history, format)
+def label_changes(history: History) -> np.ndarray:
+    """(N, T) bool: did image i's pseudo-label change in transition t? Transition t ends at
+    epoch ``label_change_epochs(history)[t]``. Epochs without a recorded label bank (DeepCluster's
+    epoch 0) are skipped, so for DeepCluster the first transition is epoch 1 -> 2."""
+    banks = np.stack([history.labels(e) for e in history.label_epochs], axis=1)
+    return banks[:, 1:] != banks[:, :-1]
+
+
 def _changes_at_visits(h: History) -> float:
     """Label changes per image over the run, counted at every visit: the mean churn per batch
     times the images drawn, divided by the number of images."""
@@ -90,8 +98,7 @@ def _changes_at_visits(h: History) -> float:
 def _changes_at_epoch_ends(h: History) -> float:
     """Label changes per image over the run, counted between consecutive epoch ends only (a
     label that leaves and comes back within an epoch counts nothing)."""
-    banks = np.stack([h.labels(e) for e in h.label_epochs], axis=1)
-    return float((banks[:, 1:] != banks[:, :-1]).sum(axis=1).mean())
+    return float(label_changes(h).sum(axis=1).mean())
 
 
 def _handled(h: History) -> np.ndarray:

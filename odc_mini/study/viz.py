@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..history import History
-from .analysis import METRICS
+from .analysis import METRICS, label_changes  # noqa: F401  (the chapters' viz.label_changes)
 
 COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "random": "#7f7f7f"}
 NAMES = {"odc": "ODC", "deepcluster": "DeepCluster"}
@@ -421,14 +421,6 @@ def migration_scrubber(histories, embeddings: Mapping[str, Mapping[int, np.ndarr
 
 
 # ---------------------------------------------------------------------------------- label changes
-def label_changes(history: History) -> np.ndarray:
-    """(N, T) bool: did image i's pseudo-label change in transition t? Transition t ends at
-    epoch ``label_change_epochs(history)[t]``. Epochs without a recorded label bank (DeepCluster's
-    epoch 0) are skipped, so for DeepCluster the first transition is epoch 1 -> 2."""
-    banks = np.stack([history.labels(e) for e in history.label_epochs], axis=1)
-    return banks[:, 1:] != banks[:, :-1]
-
-
 def label_change_epochs(history: History) -> np.ndarray:
     """(T,) the epoch at which each column of :func:`label_changes` ends."""
     return np.array(history.label_epochs[1:])
