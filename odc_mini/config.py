@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-METHODS = ("odc", "deepcluster")
+METHODS = ("odc", "deepcluster", "coke")
 ARCHS = ("small_cnn", "resnet18")
 DATASETS = ("cifar10", "synthetic")   # the names data.load_dataset accepts
 PROFILES = ("quick", "medium", "full")
@@ -85,11 +85,14 @@ def default_profile() -> str:
     return os.environ.get(PROFILE_ENV, "quick")
 
 
-def setting(default=None, help: str = "", *, runs: bool = False, choices=None, factory=None):
+def setting(default=None, help: str = "", *, runs: bool = False, choices=None, factory=None,
+            added: bool = False):
     """A Config field: its default, one line of help (the command line shows it), the accepted
     values, and ``runs=True`` for a field that says *where or how* a run is computed rather than
-    what is trained (it is not part of the run's :func:`identity`)."""
-    metadata = {"help": help, "runs": runs, "choices": choices}
+    what is trained (it is not part of the run's :func:`identity`). ``added=True`` marks a field
+    added after runs were saved: at its default it is left out of :meth:`Config.key`, so those
+    runs keep their keys."""
+    metadata = {"help": help, "runs": runs, "choices": choices, "added": added}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -151,6 +154,17 @@ class Config:
     sampler: str = setting("replacement", "ODC: how an epoch draws its images", choices=SAMPLERS)
     # DeepCluster
     pca_dim: int = setting(128, "DeepCluster: PCA-whitened dimensions before k-means")
+    # CoKe (the values of idstcv/CoKe run_single_view.sh; see odc_mini.coke)
+    coke_dim: int = setting(128, "CoKe: projection size (the features clustered)", added=True)
+    coke_temperature: float = setting(0.1, "CoKe: temperature of the centroid classifier",
+                                      added=True)
+    coke_dual_lr: float | None = setting(None, "CoKe: step size of the dual variables (default: "
+                                               "the reference's 20 at batch 1,024 and K = 3,000, "
+                                               "scaled to the run's batch and K)", added=True)
+    coke_ratio: float = setting(0.4, "CoKe: every cluster keeps at least ratio / K of each batch "
+                                     "(0: no lower bound)", added=True)
+    coke_beta: float = setting(1.0, "CoKe: weight of the prediction head's loss (1 - beta: the "
+                                    "projection's)", added=True)
     # evaluation and recording
     eval_interval: int | None = setting(None, f"epochs between kNN evaluations (the last is "
                                               f"always measured) {_PROFILE}")
@@ -210,6 +224,19 @@ class Config:
             raise ValueError(f"lr_decay={self.lr_decay!r} must be a number in (0, 1]")
         if not _is_int(self.num_clusters) or self.num_clusters < 2:
             raise ValueError(f"num_clusters={self.num_clusters} must be an integer, at least 2")
+        if not _is_int(self.coke_dim) or self.coke_dim < 1:
+            raise ValueError(f"coke_dim={self.coke_dim!r} must be a positive integer")
+        for name, ok, accepted in (
+                ("coke_temperature", lambda v: v > 0, "a number > 0"),
+                ("coke_dual_lr", lambda v: v >= 0, "a number >= 0, or None (the reference's, scaled)"),
+                ("coke_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                ("coke_beta", lambda v: 0 <= v <= 1, "a number in [0, 1]")):
+            value = getattr(self, name)
+            if name == "coke_dual_lr" and value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                    math.isfinite(value) and ok(value)):
+                raise ValueError(f"{name}={value!r} must be {accepted}")
         if not _is_int(self.min_cluster) or self.min_cluster < 0:
             raise ValueError(f"min_cluster={self.min_cluster} must be an integer >= 0")
         for name in ("subset", "test_subset"):
@@ -236,7 +263,9 @@ class Config:
 
     def key(self) -> str:
         """A short stable hash of :meth:`identity`: the name a run is stored under."""
-        text = json.dumps(self.identity(), sort_keys=True)
+        identity = {k: v for k, v in self.identity().items() if k not in ADDED_DEFAULTS
+                    or v != ADDED_DEFAULTS[k]}
+        text = json.dumps(identity, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def differences(self, other: "Config | dict") -> list[str]:
@@ -270,7 +299,10 @@ class Config:
 
 # Fields added after runs were saved; their defaults are what every run saved before them was
 # trained with, so a saved config without the field means its default.
-ADDED_FIELDS = {f.name: f.default for f in dataclasses.fields(Config) if f.name in ("lr_decay",)}
+ADDED_FIELDS = {f.name: f.default for f in dataclasses.fields(Config)
+                if f.name == "lr_decay" or f.metadata["added"]}
+# Of those, the ones left out of Config.key at their defaults (lr_decay is in every key already).
+ADDED_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config) if f.metadata["added"]}
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Config) if f.metadata["runs"])
 

@@ -1,4 +1,4 @@
-"""What ODC and DeepCluster share: the optimiser, one SGD step, and feature extraction.
+"""What the methods (ODC, DeepCluster, CoKe) share: the optimiser, one SGD step, and feature extraction.
 
 A method is driven by the training loop (``train.py``) through four calls::
 
@@ -105,13 +105,13 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
 
 def build_optimizer(model: nn.Module, lr: float, momentum: float = 0.9,
                     weight_decay: float = 1e-5) -> torch.optim.SGD:
-    """SGD with weight decay on every parameter; the head gets momentum 0 (OpenSelfSup's ODC
-    config, ``paramwise_options``), a habit inherited from DeepCluster, whose head is
-    re-initialised after every clustering."""
+    """SGD with weight decay on every parameter; a linear head gets momentum 0 (OpenSelfSup's
+    ODC config, ``paramwise_options``), a habit inherited from DeepCluster, whose head is
+    re-initialised after every clustering. (CoKe's network has no such head.)"""
     head = [p for n, p in model.named_parameters() if n.startswith("head.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-    return torch.optim.SGD([{"params": rest}, {"params": head, "momentum": 0.0}],
-                           lr=lr, momentum=momentum, weight_decay=weight_decay)
+    groups = [{"params": rest}] + ([{"params": head, "momentum": 0.0}] if head else [])
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 class Method(nn.Module):
@@ -199,9 +199,12 @@ class Method(nn.Module):
         return nn.functional.cross_entropy(logits.float(), target, weight=weight)
 
     def sgd_step(self, logits: torch.Tensor, target: torch.Tensor,
-                 weight: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Loss, backward, SGD step. Returns (loss, accuracy, loss is finite) as 0-d tensors."""
-        loss = self.loss(logits, target, weight)
+                 weight: torch.Tensor | None = None,
+                 loss: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Loss (``self.loss`` of the logits, unless the method passes its own), backward, SGD
+        step. Returns (loss, accuracy of the logits, loss is finite) as 0-d tensors."""
+        if loss is None:
+            loss = self.loss(logits, target, weight)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()

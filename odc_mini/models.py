@@ -1,4 +1,4 @@
-"""The network shared by ODC and DeepCluster: backbone -> neck -> linear head.
+"""The networks: ODC's and DeepCluster's backbone -> neck -> linear head, and CoKe's.
 
 * ``small_cnn``: a 4-block CNN (about 1.2 M parameters) that trains in seconds per epoch on a
   laptop CPU; the quick profile uses it.
@@ -10,6 +10,10 @@ The neck and head follow the ODC reference (OpenSelfSup ``NonLinearNeckV0`` and 
 -> Dropout(0.5) -> Linear(512, 256) -> ReLU, then Linear(256, K) with N(0, 0.01^2) weights.
 Both methods use the very same network, so the comparison differs only in how pseudo-labels
 are made.
+
+CoKe (``coke.py``) keeps the same backbone, the only part that kNN and the linear probe evaluate,
+and puts its own reference's layers on it (``CoKeNet``): a projection MLP and a prediction head,
+with no linear head, because its classifier is its centroids.
 """
 from __future__ import annotations
 
@@ -159,3 +163,46 @@ class ClusterNet(nn.Module):
         """(backbone features (B, C), neck features (B, D)): what evaluation and clustering use."""
         h = self.backbone(x)
         return h, self.neck(h)
+
+
+class CoKeNet(nn.Module):
+    """backbone + CoKe's projection MLP + prediction head (idstcv/CoKe
+    ``coke/builder_single_view.py``, ``CoKe.__init__``), with C the backbone's width:
+
+    * projection: Linear(C, C) -> BN -> ReLU -> Linear(C, C) -> BN -> ReLU -> Linear(C, dim) -> BN,
+      the features that are clustered (``dim`` 128 as in the reference);
+    * prediction head: Linear(dim, C) -> BN -> ReLU -> Linear(C, dim).
+
+    ``forward`` returns (projection (B, dim), prediction (B, dim)); ``embed`` returns (backbone
+    features, projection), like ``ClusterNet.embed``. Linear and BN layers keep torch's default
+    initialisation, as in the reference.
+    """
+
+    def __init__(self, arch: str, dim: int = 128, sobel: bool = False):
+        super().__init__()
+        self.backbone = build_backbone(arch, sobel)
+        c = self.backbone.out_dim
+        self.projection = nn.Sequential(
+            nn.Linear(c, c), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
+            nn.Linear(c, c), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
+            nn.Linear(c, dim), nn.BatchNorm1d(dim))
+        self.predictor = nn.Sequential(nn.Linear(dim, c), nn.BatchNorm1d(c), nn.ReLU(inplace=True),
+                                       nn.Linear(c, dim))
+
+    @classmethod
+    def of(cls, cfg) -> "CoKeNet":
+        return cls(cfg.arch, cfg.coke_dim, cfg.sobel)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projection(self.backbone(x))
+        return z, self.predictor(z)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.backbone(x)
+        return h, self.projection(h)
+
+
+def network_of(cfg) -> nn.Module:
+    """The network a run's Config describes: CoKe's for ``method="coke"``, else ``ClusterNet``
+    (freshly initialised from the global RNG)."""
+    return (CoKeNet if cfg.method == "coke" else ClusterNet).of(cfg)

@@ -40,7 +40,7 @@ def launch(config: dict, out: Path, dump: Path, processes: int) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-@pytest.fixture(scope="module", params=["odc", "deepcluster"])
+@pytest.fixture(scope="module", params=["odc", "deepcluster", "coke"])
 def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     launch(tiny(request.param), root / "out2", root / "dump2", processes=2)
@@ -69,6 +69,15 @@ def test_every_rank_holds_the_same_state(runs):
 
 def test_two_processes_equal_one_process_with_the_whole_batch(runs):
     two, one = runs["ranks"][0], runs["one"]
+    if runs["method"] == "coke":
+        # CoKe amplifies rounding far more than ODC (an argmax over cosines plus duals, logits
+        # over a temperature of 0.1): one process run with 1 and with 2 threads, so only the
+        # order of its float sums differs, was 1.3e-2 apart in loss after 8 steps and 12 of 256
+        # labels apart. So the check is the first epoch, before a flipped near-tie can spread:
+        # the same churn at every step and the same loss at the first two.
+        torch.testing.assert_close(two["loss"][:2], one["loss"][:2], atol=1e-4, rtol=0)
+        torch.testing.assert_close(two["change_ratio"][:4], one["change_ratio"][:4])
+        return
     assert torch.equal(two["labels"], one["labels"])              # the final pseudo-labels
     # Weights and features: within float tolerance (sums in another order), about ten times
     # the difference between two one-process runs with 1 and 2 threads.

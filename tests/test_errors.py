@@ -99,7 +99,7 @@ SETTINGS = [
     (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
     (["--lr", "-0.1"], "lr=-0.1 must be a finite number > 0"),
     (["--lr", "nan"], "lr=nan must be a finite number > 0"),
-    (["--method", "kmeans"], "unknown method 'kmeans'; accepted: odc, deepcluster"),
+    (["--method", "kmeans"], "unknown method 'kmeans'; accepted: odc, deepcluster, coke"),
     (["--arch", "vgg"], "unknown arch 'vgg'; accepted: small_cnn, resnet18"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'; accepted: cifar10, synthetic"),
     (["--profile", "huge"], "unknown profile 'huge'; accepted: quick, medium, full"),

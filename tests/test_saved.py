@@ -208,7 +208,8 @@ def test_the_index_names_every_saved_run_by_its_key():
 
 def test_saved_runs_stay_small():
     total = sum(f.stat().st_size for f in saved.SAVED_DIR.rglob("*") if f.is_file())
-    assert total < 10e6, f"saved runs take {total / 1e6:.1f} MB"
+    # 11 MB: the two methods' runs took 9.3 MB; chapter 9's third method added six (0.8 MB)
+    assert total < 11e6, f"saved runs take {total / 1e6:.1f} MB"
 
 
 def test_cli_lists_and_refuses_unknown_names():

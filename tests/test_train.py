@@ -146,7 +146,7 @@ def test_save_load_round_trip(odc_run, tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(method="kmeans"), "unknown method 'kmeans'; accepted: odc, deepcluster"),
+    (dict(method="kmeans"), "unknown method 'kmeans'; accepted: odc, deepcluster, coke"),
     (dict(momentum=1.5), "momentum=1.5 is outside [0, 1]"),
     (dict(num_clusters=1), "num_clusters=1 must be an integer, at least 2"),
     (dict(num_clusters=900, min_cluster=0), "num_clusters=900 exceeds the 800 training images"),

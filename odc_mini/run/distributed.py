@@ -254,7 +254,9 @@ class ReplicatedMemory(ODCMemory):
 
 
 def data_parallel(method_class: type) -> type:
-    """The variant of ``method_class`` (ODC or DeepCluster) that trains as one of several ranks."""
+    """The variant of ``method_class`` (ODC, DeepCluster or CoKe) that trains as one of several
+    ranks. CoKe needs nothing more: its labels, duals and centroids are updated on every rank from
+    the all-gathered batch (``global_batch``) by the same deterministic operations."""
 
     class DataParallel(method_class):
         memory_class = ReplicatedMemory

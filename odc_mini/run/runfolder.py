@@ -36,7 +36,7 @@ from ..config import Config
 from ..files import atomic_write
 from ..history import History
 from ..memory import ODCMemory
-from ..models import ClusterNet
+from ..models import network_of
 from ..version import __version__
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,7 +51,7 @@ class Run:
     ``name`` and ``provenance`` instead of the network."""
     config: Config
     history: History
-    model: ClusterNet | None = None
+    model: torch.nn.Module | None = None
     memory: ODCMemory | None = None
     name: str | None = None
     provenance: dict = field(default_factory=dict)
@@ -153,7 +153,7 @@ def load_run(directory: str | Path, device: str = "cpu") -> Run:
         raise ValueError(f"{directory / 'history.npz'} does not belong to the run of "
                          f"{directory / 'config.json'} (its recorded config differs)")
     dev = torch.device(device)
-    model = ClusterNet.of(cfg)
+    model = network_of(cfg)
     _load_state(model, _required(directory, "model.pt"),
                 f"the network of config.json (arch={cfg.arch}, num_clusters={cfg.num_clusters})")
     model.to(dev).eval()

@@ -26,6 +26,8 @@ asks for the config of an experiment replays its saved run instead of training.
   noise that any comparison with it must stand out from (:mod:`odc_mini.study.seeds`).
 * ``ablation-*``: chapter 7's sweeps at the quick profile, one knob at a time, three seeds each;
   the base setting of every sweep is ``quick-odc`` (seeds 0-2).
+* ``quick-coke`` and ``medium-coke`` (seeds 0-2): chapter 9's third method, CoKe, at the quick
+  and medium profiles.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ GOLDEN_SEEDS = tuple(range(10))
 # run and chapter 8 places it among the other 5), 3 for DeepCluster at its reference settings.
 CHAPTER_SEEDS = tuple(range(6))
 REFERENCE_SEEDS = tuple(range(3))
+COKE_SEEDS = tuple(range(3))
 # The medium profile (all 50,000 images on a CPU): each configuration with these seeds.
 MEDIUM_SEEDS = tuple(range(3))
 # The learning-rate sweep: each method's own rate times these factors (seed 0).
@@ -101,7 +104,7 @@ class Experiment:
 
 
 def _label(method: str) -> str:
-    return "ODC" if method == "odc" else "DeepCluster"
+    return {"odc": "ODC", "deepcluster": "DeepCluster", "coke": "CoKe"}[method]
 
 
 def _quick() -> list[Experiment]:
@@ -119,7 +122,12 @@ def _quick() -> list[Experiment]:
     ref = Experiment("quick-deepcluster-ref", dict(**quick, **deepcluster_reference(odc_lr)),
                      "DeepCluster, quick profile at its own reference optimisation (constant "
                      "rate, 0.1 / 0.06 of ODC's)", keep_labels="ends")
+    # Chapter 9's third method at its own reference's settings (odc_mini.coke), the profile's
+    # budget and optimisation.
+    coke = Experiment("quick-coke", dict(method="coke", **quick),
+                      "CoKe, quick profile (chapter 9)", keep_labels="ends")
     runs = _seeds(CHAPTER_SEEDS, odc) + _seeds(CHAPTER_SEEDS, dc) + _seeds(REFERENCE_SEEDS, ref)
+    runs += _seeds(COKE_SEEDS, coke)
     runs.append(Experiment("quick-odc-broken", {**odc.settings, "momentum": 0.01},
                            "ODC with a memory momentum of 0.01, a memory that hardly moves (a "
                            "broken run that chapter 8's check must fail)"))
@@ -139,7 +147,9 @@ def _medium() -> list[Experiment]:
                      dict(profile="medium", **deepcluster_reference(Config(profile="medium").lr)),
                      "DeepCluster, medium profile at its own reference optimisation",
                      keep_labels="ends")
-    return [e.with_seed(s) for s in MEDIUM_SEEDS for e in (odc, ref)]
+    coke = Experiment("medium-coke", dict(method="coke", profile="medium"),
+                      "CoKe, medium profile (chapter 9)")
+    return [e.with_seed(s) for s in MEDIUM_SEEDS for e in (odc, ref)] + _seeds(MEDIUM_SEEDS, coke)
 
 
 # Each method at its own reference's optimisation settings (OpenSelfSup configs/selfsup/odc/r50_v1.py

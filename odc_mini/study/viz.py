@@ -32,8 +32,8 @@ import numpy as np
 from ..history import History
 from .analysis import METRICS, label_changes  # noqa: F401  (the chapters' viz.label_changes)
 
-COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "random": "#7f7f7f"}
-NAMES = {"odc": "ODC", "deepcluster": "DeepCluster"}
+COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "coke": "#2ca02c", "random": "#7f7f7f"}
+NAMES = {"odc": "ODC", "deepcluster": "DeepCluster", "coke": "CoKe"}
 
 Histories = Mapping[str, History]
 
