@@ -161,8 +161,8 @@ class Config:
     coke_dual_lr: float | None = setting(None, "CoKe: step size of the dual variables (default: "
                                                "the reference's 20 at batch 1,024 and K = 3,000, "
                                                "scaled to the run's batch and K)", added=True)
-    coke_ratio: float = setting(0.4, "CoKe: every cluster keeps at least ratio / K of each batch "
-                                     "(0: no lower bound)", added=True)
+    coke_ratio: float = setting(0.4, "CoKe: the lower bound on every cluster's size, as a share of "
+                                     "N / K (0: none, 1: balanced clusters)", added=True)
     coke_beta: float = setting(1.0, "CoKe: weight of the prediction head's loss (1 - beta: the "
                                     "projection's)", added=True)
     # evaluation and recording

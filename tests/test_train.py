@@ -170,7 +170,7 @@ def test_cli_compare_end_to_end(tmp_path):
                      "--batch-size", "64", "--num-clusters", "10", "--min-cluster", "5",
                      "--device", "cpu", "--no-progress", "--out", str(tmp_path / "cmp"), cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    for method in ("odc", "deepcluster"):
+    for method in ("odc", "deepcluster", "coke"):
         run = load_run(tmp_path / "cmp" / method)
         assert run.config.method == method and run.history.num_epochs == 2
         # the quick profile measures kNN every 2 epochs (and always at the end)

@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_p = commands.add_parser("train", help="train one method and save its run")
     train_p.add_argument("--method", default=None, help=f"one of {', '.join(METHODS)} (default: odc)")
     add_run_flags(train_p)
-    add_run_flags(commands.add_parser("compare", help="train both methods with the same "
-                                      "settings and print a summary table"))
+    add_run_flags(commands.add_parser("compare", help="train every method (odc, "
+                                      "deepcluster, coke) with the same settings and print a "
+                                      "summary table"))
     exp_p = commands.add_parser("experiment", help="train a named experiment of the book and "
                                 "save its compact run into odc_mini/study/saved_runs (see --list)")
     exp_p.add_argument("names", nargs="*", help="experiment names (python -m odc_mini "
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "experiment":
             return experiment_command(args)
-        # train: one method in --out; compare: both methods, a folder each
+        # train: one method in --out; compare: every method, a folder each
         folders = ({args.method: Path(args.out)} if args.command == "train"
                    else {m: Path(args.out) / m for m in METHODS})
         plan = {}
