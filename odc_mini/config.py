@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 
 METHODS = ("odc", "deepcluster", "coke")
+METHOD_NAMES = {"odc": "ODC", "deepcluster": "DeepCluster", "coke": "CoKe"}   # for display
 ARCHS = ("small_cnn", "resnet18")
 DATASETS = ("cifar10", "synthetic")   # the names data.load_dataset accepts
 PROFILES = ("quick", "medium", "full")
@@ -226,14 +227,14 @@ class Config:
             raise ValueError(f"num_clusters={self.num_clusters} must be an integer, at least 2")
         if not _is_int(self.coke_dim) or self.coke_dim < 1:
             raise ValueError(f"coke_dim={self.coke_dim!r} must be a positive integer")
-        for name, ok, accepted in (
-                ("coke_temperature", lambda v: v > 0, "a number > 0"),
-                ("coke_dual_lr", lambda v: v >= 0, "a number >= 0, or None (the reference's, scaled)"),
-                ("coke_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-                ("coke_beta", lambda v: 0 <= v <= 1, "a number in [0, 1]")):
+        checks = [("coke_temperature", lambda v: v > 0, "a number > 0"),
+                  ("coke_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+                  ("coke_beta", lambda v: 0 <= v <= 1, "a number in [0, 1]")]
+        if self.coke_dual_lr is not None:         # None: the reference's, scaled (coke.dual_step)
+            checks.append(("coke_dual_lr", lambda v: v >= 0,
+                           "a number >= 0, or None (the reference's, scaled)"))
+        for name, ok, accepted in checks:
             value = getattr(self, name)
-            if name == "coke_dual_lr" and value is None:
-                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
                     math.isfinite(value) and ok(value)):
                 raise ValueError(f"{name}={value!r} must be {accepted}")

@@ -1,4 +1,5 @@
-"""What the methods (ODC, DeepCluster, CoKe) share: the optimiser, one SGD step, and feature extraction.
+"""What the methods (ODC, DeepCluster, CoKe) share: the optimiser, one SGD step, and feature
+extraction.
 
 A method is driven by the training loop (``train.py``) through four calls::
 

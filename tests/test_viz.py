@@ -276,3 +276,22 @@ def test_final_check_figure_draws_each_runs_value_band_and_the_seeds():
     dots = [line.get_ydata() for line in ax.get_lines() if line.get_marker() == "."]
     np.testing.assert_allclose(dots[0], 100 * spread.values["knn_top1"][:, -1])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["good", "bad"]
+
+
+def test_seed_band_draws_the_mean_and_the_range_of_the_seeds():
+    import matplotlib.pyplot as plt
+    runs = {}
+    for seed, values in enumerate(([0.1, np.nan, 0.3, 0.4], [0.2, np.nan, 0.5, 0.1],
+                                   [0.3, 0.9, 0.1, 0.2])):
+        h = History()
+        for e, v in enumerate(values):
+            h.add_epoch(epoch=e, knn_top1=v)
+        runs[seed] = h
+    fig, ax = plt.subplots()
+    viz.plot_seed_band(ax, runs, "knn_top1", "k", "three seeds", scale=100)
+    x, y = ax.lines[0].get_data()
+    assert list(x) == [0, 2, 3]            # epoch 1 is missing in two seeds
+    np.testing.assert_allclose(y, [20, 30, 70 / 3])
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(10) and band[:, 1].max() == pytest.approx(50)
+    plt.close(fig)

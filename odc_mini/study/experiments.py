@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..config import Config
+from ..config import METHOD_NAMES, Config
 
 # The quick profile of odc_mini 0.3 and earlier (10 epochs; a linear probe at the first and last
 # epoch only). The golden runs were trained with it and keep it, whatever the profile is now.
@@ -101,10 +101,6 @@ class Experiment:
         return Experiment(f"{self.name}-seed{seed}", {**self.settings, "seed": seed},
                           f"{self.about}; seed {seed}", trained_with=self.trained_with,
                           pinned=self.pinned)
-
-
-def _label(method: str) -> str:
-    return {"odc": "ODC", "deepcluster": "DeepCluster", "coke": "CoKe"}[method]
 
 
 def _quick() -> list[Experiment]:
@@ -188,7 +184,7 @@ def _gpu() -> list[Experiment]:
                "--max-epochs 100")
     runs = [Experiment(
         f"gpu-{method}", dict(method=method, profile="full", eval_interval=10, probe_interval=0),
-        f"{_label(method)}, full profile (ResNet-18, all of CIFAR-10, 100 epochs) on one GPU",
+        f"{METHOD_NAMES[method]}, full profile (ResNet-18, all of CIFAR-10, 100 epochs) on one GPU",
         keep_labels="ends", trained_with=command) for method in ("odc", "deepcluster")]
     runs.append(Experiment(
         "gpu-deepcluster-sobel",
@@ -205,7 +201,7 @@ def _gpu() -> list[Experiment]:
 
 def _golden() -> list[Experiment]:
     bases = [Experiment(f"golden-{method}", dict(method=method, **GOLDEN),
-                        f"{_label(method)}: the short run tests/test_golden.py re-runs",
+                        f"{METHOD_NAMES[method]}: the short run tests/test_golden.py re-runs",
                         keep_labels="ends", pinned=True) for method in ("odc", "deepcluster")]
     return [e.with_seed(s) for e in bases for s in GOLDEN_SEEDS]
 

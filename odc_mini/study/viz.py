@@ -29,11 +29,12 @@ from typing import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..config import METHOD_NAMES
 from ..history import History
 from .analysis import METRICS, label_changes  # noqa: F401  (the chapters' viz.label_changes)
 
 COLORS = {"odc": "#1f77b4", "deepcluster": "#d62728", "coke": "#2ca02c", "random": "#7f7f7f"}
-NAMES = {"odc": "ODC", "deepcluster": "DeepCluster", "coke": "CoKe"}
+NAMES = METHOD_NAMES
 
 Histories = Mapping[str, History]
 
@@ -108,6 +109,18 @@ def plot_epoch_metric(histories, key: str, ax=None, upto: float | None = None, b
         first = next(iter(_as_dict(histories).values()))
         ax.axhline(first.epoch(key)[0] * scale, ls="--", color=COLORS["random"], lw=1, label="random init")
     ax.set(xlabel="epoch", ylabel=ylabel or key)
+    return ax
+
+
+def plot_seed_band(ax, runs, key: str, color: str, label: str, scale: float = 1.0):
+    """One configuration over its seeds (``runs``: seed -> history): the mean of a per-epoch
+    column, shaded from the lowest to the highest seed, at the epochs every seed measured."""
+    values = np.stack([h.epoch(key) for h in runs.values()]) * scale
+    epochs = np.arange(values.shape[1])
+    keep = ~np.isnan(values).any(axis=0)
+    ax.plot(epochs[keep], values.mean(axis=0)[keep], "-o", ms=3, color=color, label=label)
+    ax.fill_between(epochs[keep], values.min(axis=0)[keep], values.max(axis=0)[keep],
+                    color=color, alpha=0.2)
     return ax
 
 
